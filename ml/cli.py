@@ -1,0 +1,33 @@
+"""`python -m ml <step>`: the contract between Airflow and a pod. Steps load lazily so that
+`--help` is instant and a step pays only for its own imports."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+# step name -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int`.
+STEPS: dict[str, tuple[str, str]] = {
+    "demo-data": ("ml.demo_data", "generate demo posts into MySQL and photos into the image store"),
+    "etl": ("ml.etl", "extract, validate, sanitise and write one window of posts to the lake"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(
+        level=os.environ.get("POSTFLOW_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in STEPS:
+        width = max(map(len, STEPS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in STEPS.items()]
+        print("usage: python -m ml <step> [options]\n\nsteps:\n" + "\n".join(lines))
+        if argv and argv[0] not in {"-h", "--help"}:
+            print(f"\nunknown step {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(STEPS[argv[0]][0])
+    return module.main(argv[1:])

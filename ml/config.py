@@ -1,0 +1,132 @@
+"""postflow settings: one typed object, read from `POSTFLOW_*` environment variables and an
+optional TOML file, with defaults that run on a developer machine.
+
+Precedence: explicit overrides > environment > file (`POSTFLOW_CONFIG`, else `./postflow.toml`
+when present) > defaults. Airflow tasks build a `Settings` and override the fields that come
+from Airflow connections (e.g. `mysql_uri` from `posts_mysql`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "POSTFLOW_"
+DEFAULT_STATE_DIR = Path(".postflow")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # source
+    mysql_uri: str = "mysql://root@127.0.0.1:3306/postflow"
+    # lake: a local folder or s3://bucket/prefix
+    lake: str = str(DEFAULT_STATE_DIR / "lake")
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    # where relative image_uri values are resolved (a folder or s3://bucket/prefix)
+    image_root: str = str(DEFAULT_STATE_DIR / "images")
+    # extraction
+    extract_chunk_rows: int = 250_000
+    # sanitising
+    caption_max_chars: int = 2200
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 8
+    image_workers: int = 0  # 0 = one per CPU core
+    # batch-level validation: fail the run below this many rows (0 = an empty day is fine)
+    min_rows_error: int = 0
+    # batch-level warnings when more than this fraction of rows is quarantined
+    max_quarantine_fraction_warn: float = 0.2
+    max_quarantine_fraction_error: float = 0.9
+    # tracking
+    mlflow_uri: str = str(DEFAULT_STATE_DIR / "mlruns")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = environ.get(ENV_PREFIX + "CONFIG")
+        if path is None and Path("postflow.toml").is_file():
+            path = "postflow.toml"
+        if path:
+            values.update(_read_file(Path(path)))
+        for f in fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key in environ and f.name != "extra":
+                values[f.name] = environ[key]
+        values.update(overrides or {})
+        return cls._coerce(values)
+
+    @classmethod
+    def _coerce(cls, values: Mapping[str, Any]) -> "Settings":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
+        out: dict[str, Any] = {}
+        for name, raw in values.items():
+            f = known[name]
+            out[name] = _convert(name, f.type, raw)
+        return cls(**out)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def workers(self) -> int:
+        return self.image_workers or (os.cpu_count() or 1)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict safe to log: passwords in URIs are masked."""
+        d = dataclasses.asdict(self)
+        d["mysql_uri"] = redact_uri(self.mysql_uri)
+        d["mlflow_uri"] = redact_uri(self.mlflow_uri)
+        return d
+
+
+def redact_uri(uri: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} (POSTFLOW_CONFIG) does not exist")
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    return data.get("postflow", data)
+
+
+def _convert(name: str, typ: Any, raw: Any) -> Any:
+    typ = str(typ)
+    if raw is None or not isinstance(raw, str):
+        return raw
+    try:
+        if typ.startswith("int"):
+            return int(raw)
+        if typ.startswith("float"):
+            return float(raw)
+        if typ.startswith("bool"):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {typ}") from exc
+    if typ == "str | None" and raw == "":
+        return None
+    return raw

@@ -1,0 +1,275 @@
+"""The lake: Parquet partitions under one root, a local folder or `s3://bucket/prefix`.
+
+A partition `<root>/<dataset>/ds=YYYY-MM-DD/` is exactly the files its `_manifest.json` lists.
+Writers put new files under a run-unique name and commit by writing the manifest last (an
+atomic rename locally, an atomic PUT on S3), then delete files the manifest no longer lists.
+So a reader never sees half a partition, and re-running a date replaces it whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import posixpath
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ml import __version__
+
+MANIFEST = "_manifest.json"
+SCHEMA_VERSION = 1
+
+
+class LakeError(RuntimeError):
+    """The lake is misconfigured or unreachable."""
+
+
+def ds_str(ds: date | datetime | str) -> str:
+    if isinstance(ds, datetime):
+        return ds.date().isoformat()
+    if isinstance(ds, date):
+        return ds.isoformat()
+    return date.fromisoformat(ds).isoformat()
+
+
+def make_filesystem(root: str, s3_endpoint: str | None = None, region: str = "us-east-1"):
+    """(filesystem, base path) for a lake root or an image root."""
+    if root.startswith("s3://"):
+        kwargs: dict[str, Any] = {"region": region}
+        if s3_endpoint:
+            scheme = "http" if s3_endpoint.startswith("http://") else "https"
+            kwargs["endpoint_override"] = s3_endpoint.split("://", 1)[-1]
+            kwargs["scheme"] = scheme
+            kwargs["allow_bucket_creation"] = False
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=5)
+        return pafs.S3FileSystem(**kwargs), root[len("s3://") :].rstrip("/")
+    if "://" in root and not root.startswith("file://"):
+        raise LakeError(f"unsupported lake root {root!r}: use a folder or s3://bucket/prefix")
+    path = Path(root.removeprefix("file://")).expanduser().resolve()
+    return pafs.LocalFileSystem(), path.as_posix()
+
+
+@dataclass
+class Lake:
+    root: str
+    s3_endpoint: str | None = None
+    region: str = "us-east-1"
+    fs: pafs.FileSystem = field(init=False, repr=False)
+    base: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fs, self.base = make_filesystem(self.root, self.s3_endpoint, self.region)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Lake":
+        return cls(settings.lake, settings.s3_endpoint, settings.s3_region)
+
+    @property
+    def is_s3(self) -> bool:
+        return isinstance(self.fs, pafs.S3FileSystem)
+
+    def check(self) -> None:
+        """Fail early with a clear message when the lake cannot be written."""
+        try:
+            if self.is_s3:
+                bucket = self.base.split("/", 1)[0]
+                info = self.fs.get_file_info(bucket)
+                if info.type == pafs.FileType.NotFound:
+                    raise LakeError(f"S3 bucket {bucket!r} of lake {self.root!r} does not exist")
+            else:
+                Path(self.base).mkdir(parents=True, exist_ok=True)
+        except LakeError:
+            raise
+        except OSError as exc:
+            raise LakeError(f"lake {self.root!r} is not usable: {exc}") from exc
+
+    def uri(self, *parts: str) -> str:
+        path = posixpath.join(self.base, *parts)
+        return ("s3://" + path) if self.is_s3 else ("file://" + path)
+
+    def partition_path(self, dataset: str, ds: date | datetime | str) -> str:
+        return posixpath.join(self.base, dataset, f"ds={ds_str(ds)}")
+
+    def partition_uri(self, dataset: str, ds: date | datetime | str) -> str:
+        return self.uri(dataset, f"ds={ds_str(ds)}")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_manifest(self, dataset: str, ds: date | datetime | str) -> dict[str, Any] | None:
+        path = posixpath.join(self.partition_path(dataset, ds), MANIFEST)
+        try:
+            with self.fs.open_input_stream(path) as fh:
+                return json.loads(fh.read())
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if "does not exist" in str(exc) or "NoSuchKey" in str(exc):
+                return None
+            raise
+
+    def partitions(self, dataset: str) -> list[str]:
+        """Committed partition dates of a dataset, sorted."""
+        selector = pafs.FileSelector(posixpath.join(self.base, dataset), allow_not_found=True)
+        out = []
+        for info in self.fs.get_file_info(selector):
+            name = posixpath.basename(info.path)
+            if info.type == pafs.FileType.Directory and name.startswith("ds="):
+                if self.read_manifest(dataset, name[3:]) is not None:
+                    out.append(name[3:])
+        return sorted(out)
+
+    def read_partition(
+        self, dataset: str, ds: date | datetime | str, columns: list[str] | None = None
+    ) -> pa.Table:
+        manifest = self.read_manifest(dataset, ds)
+        if manifest is None:
+            raise FileNotFoundError(f"no committed partition {self.partition_uri(dataset, ds)}")
+        base = self.partition_path(dataset, ds)
+        schema = _schema_from_manifest(manifest)
+        tables = [
+            pq.read_table(posixpath.join(base, f), columns=columns, filesystem=self.fs)
+            for f in manifest["files"]
+        ]
+        if not tables:
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        return pa.concat_tables(tables)
+
+    def read_artifact(self, dataset: str, ds: date | datetime | str, name: str) -> bytes:
+        path = posixpath.join(self.partition_path(dataset, ds), name)
+        with self.fs.open_input_stream(path) as fh:
+            return fh.read()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def writer(
+        self, dataset: str, ds: date | datetime | str, schema: pa.Schema
+    ) -> Iterator["PartitionWriter"]:
+        """Stream tables into a new version of a partition; committed when the block exits."""
+        w = PartitionWriter(self, dataset, ds_str(ds), schema)
+        try:
+            yield w
+        except BaseException:
+            w.abort()
+            raise
+        w.commit()
+
+
+def _schema_from_manifest(manifest: dict[str, Any]) -> pa.Schema:
+    import base64
+
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(manifest["schema_ipc"])))
+
+
+class PartitionWriter:
+    """One partition version being written. Use through `Lake.writer`."""
+
+    def __init__(self, lake: Lake, dataset: str, ds: str, schema: pa.Schema) -> None:
+        self.lake, self.dataset, self.ds, self.schema = lake, dataset, ds, schema
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        self.dir = lake.partition_path(dataset, ds)
+        self.data_file = f"part-{self.run_id}.parquet"
+        self.rows = 0
+        self.meta: dict[str, Any] = {}
+        self.artifacts: list[str] = []
+        self._writer: pq.ParquetWriter | None = None
+        lake.fs.create_dir(self.dir, recursive=True)
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        table = table.select(self.schema.names).cast(self.schema)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                posixpath.join(self.dir, self.data_file),
+                self.schema,
+                filesystem=self.lake.fs,
+                compression="zstd",
+            )
+        self._writer.write_table(table, row_group_size=128_000)
+        self.rows += table.num_rows
+
+    def write_artifact(self, name: str, data: bytes) -> str:
+        """A side file kept with the partition (a validation report, say); replaced on rerun."""
+        stem, dot, ext = name.rpartition(".")
+        versioned = f"{stem}-{self.run_id}.{ext}" if dot else f"{name}-{self.run_id}"
+        with self.lake.fs.open_output_stream(posixpath.join(self.dir, versioned)) as fh:
+            fh.write(data)
+        self.artifacts.append(versioned)
+        return self.lake.uri(self.dataset, f"ds={self.ds}", versioned)
+
+    def commit(self) -> dict[str, Any]:
+        import base64
+
+        if self._writer is not None:
+            self._writer.close()
+        files = [self.data_file] if self._writer is not None else []
+        manifest = {
+            "dataset": self.dataset,
+            "ds": self.ds,
+            "rows": self.rows,
+            "files": files,
+            "artifacts": self.artifacts,
+            "schema_version": SCHEMA_VERSION,
+            "code_version": code_version(),
+            "run_id": self.run_id,
+            "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "schema_ipc": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
+            **self.meta,
+        }
+        body = json.dumps(manifest, indent=2, default=str).encode()
+        final = posixpath.join(self.dir, MANIFEST)
+        if self.lake.is_s3:
+            with self.lake.fs.open_output_stream(final) as fh:
+                fh.write(body)
+        else:
+            tmp = posixpath.join(self.dir, f".{MANIFEST}.{self.run_id}")
+            with self.lake.fs.open_output_stream(tmp) as fh:
+                fh.write(body)
+            self.lake.fs.move(tmp, final)
+        self._remove_unlisted(set(files) | set(self.artifacts) | {MANIFEST})
+        self.manifest = manifest
+        return manifest
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        for name in [self.data_file, *self.artifacts]:
+            try:
+                self.lake.fs.delete_file(posixpath.join(self.dir, name))
+            except (FileNotFoundError, OSError):
+                pass
+
+    def _remove_unlisted(self, keep: set[str]) -> None:
+        selector = pafs.FileSelector(self.dir, allow_not_found=True)
+        for info in self.lake.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and posixpath.basename(info.path) not in keep:
+                self.lake.fs.delete_file(info.path)
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    import subprocess
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
