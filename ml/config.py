@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "POSTFLOW_"
 DEFAULT_STATE_DIR = Path(".postflow")
@@ -54,7 +55,7 @@ class Settings:
         cls,
         overrides: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
-    ) -> "Settings":
+    ) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         path = environ.get(ENV_PREFIX + "CONFIG")
@@ -70,7 +71,7 @@ class Settings:
         return cls._coerce(values)
 
     @classmethod
-    def _coerce(cls, values: Mapping[str, Any]) -> "Settings":
+    def _coerce(cls, values: Mapping[str, Any]) -> Settings:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -81,7 +82,7 @@ class Settings:
             out[name] = _convert(name, f.type, raw)
         return cls(**out)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property

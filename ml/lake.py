@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class Lake:
         self.fs, self.base = make_filesystem(self.root, self.s3_endpoint, self.region)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Lake":
+    def from_settings(cls, settings: Any) -> Lake:
         return cls(settings.lake, settings.s3_endpoint, settings.s3_region)
 
     @property
@@ -144,6 +144,24 @@ class Lake:
             return schema.empty_table() if columns is None else schema.empty_table().select(columns)
         return pa.concat_tables(tables)
 
+    def iter_batches(
+        self,
+        dataset: str,
+        ds: date | datetime | str,
+        batch_rows: int = 250_000,
+        columns: list[str] | None = None,
+    ) -> Iterator[pa.Table]:
+        """Stream a committed partition in bounded batches (memory ~ batch_rows rows)."""
+        manifest = self.read_manifest(dataset, ds)
+        if manifest is None:
+            raise FileNotFoundError(f"no committed partition {self.partition_uri(dataset, ds)}")
+        base = self.partition_path(dataset, ds)
+        for name in manifest["files"]:
+            with self.fs.open_input_file(posixpath.join(base, name)) as fh:
+                pf = pq.ParquetFile(fh)
+                for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+                    yield pa.Table.from_batches([batch])
+
     def read_artifact(self, dataset: str, ds: date | datetime | str, name: str) -> bytes:
         path = posixpath.join(self.partition_path(dataset, ds), name)
         with self.fs.open_input_stream(path) as fh:
@@ -154,7 +172,7 @@ class Lake:
     @contextmanager
     def writer(
         self, dataset: str, ds: date | datetime | str, schema: pa.Schema
-    ) -> Iterator["PartitionWriter"]:
+    ) -> Iterator[PartitionWriter]:
         """Stream tables into a new version of a partition; committed when the block exits."""
         w = PartitionWriter(self, dataset, ds_str(ds), schema)
         try:
@@ -223,7 +241,7 @@ class PartitionWriter:
             "schema_version": SCHEMA_VERSION,
             "code_version": code_version(),
             "run_id": self.run_id,
-            "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "schema_ipc": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
             **self.meta,
         }

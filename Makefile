@@ -1,0 +1,53 @@
+# postflow — the verbs. Every target installs what it needs first (see `install`).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.postflow-installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install demo test test-fast lint format bench lock clean
+
+help:
+	@echo "make demo   - set up, generate demo posts and run posts_etl through Airflow for a few days"
+	@echo "make test   - set up and run the whole test suite (lint included)"
+	@echo "make bench  - performance figures (ratios against baselines measured in the same run)"
+	@echo "make lint   - ruff";  echo "make lock   - re-resolve requirements/constraints.txt"
+
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
+	./scripts/system-deps.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m postflow_airflow.demo $(DEMO_ARGS)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Re-resolve the pins from requirements/requirements.in in a scratch venv.
+lock:
+	rm -rf /tmp/postflow-lock && $(PYTHON) -m venv /tmp/postflow-lock
+	/tmp/postflow-lock/bin/pip install -q -r requirements/requirements.in
+	{ echo "# Resolved versions of every package postflow installs (Python 3.11, Linux x86_64)."; \
+	  echo "# Regenerate with 'make lock' after changing requirements/requirements.in."; \
+	  /tmp/postflow-lock/bin/pip freeze; } > requirements/constraints.txt
+
+clean:
+	rm -rf .postflow .pytest_cache .ruff_cache

@@ -1,0 +1,465 @@
+"""The nightly ETL of one window: extract → validate + sanitise → reconcile.
+
+Each stage reads and writes whole lake partitions keyed by the window's start date, so a stage
+can be retried alone and re-running a date replaces its partitions. Every extracted row ends in
+exactly one of `posts_clean` or `quarantine`; `reconcile` proves it and fails loudly otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ml.config import ConfigError, Settings
+from ml.lake import Lake, LakeError, ds_str
+from ml.reasons import Reason
+from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN, DATASET_QUARANTINE, QUARANTINE_SCHEMA
+from ml.source import RAW_SCHEMA, MySQLTarget, SourceError, extract_window
+
+log = logging.getLogger(__name__)
+
+DATASET_RAW = "posts_raw"
+
+
+class ValidationFailed(RuntimeError):
+    """A batch-level expectation of severity `error` failed: the day must not feed training."""
+
+
+class ReconciliationError(RuntimeError):
+    """Rows were lost or duplicated between extract and the clean/quarantine partitions."""
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"empty window: end {self.end} is not after start {self.start}")
+
+    @property
+    def ds(self) -> str:
+        return ds_str(self.start)
+
+    @classmethod
+    def of_day(cls, day: date | str) -> Window:
+        d = date.fromisoformat(day) if isinstance(day, str) else day
+        start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        return cls(start, start + timedelta(days=1))
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _naive(ts: datetime) -> datetime:
+    return _utc(ts).replace(tzinfo=None)
+
+
+class Progress:
+    """Log lines with rows/s and ETA at most every `every` seconds: long days show they move."""
+
+    def __init__(self, what: str, total: int | None, every: float = 5.0) -> None:
+        self.what, self.total, self.every = what, total, every
+        self.t0 = self.last = time.monotonic()
+        self.done = 0
+
+    def add(self, n: int, force: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if force or now - self.last >= self.every:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = ""
+            if self.total:
+                eta = f", ETA {max(self.total - self.done, 0) / max(rate, 1e-9):.0f}s"
+                log.info(
+                    "%s: %d/%d rows, %.0f rows/s%s", self.what, self.done, self.total, rate, eta
+                )
+            else:
+                log.info("%s: %d rows, %.0f rows/s", self.what, self.done, rate)
+
+
+# -- extract --------------------------------------------------------------------------------------
+
+
+def extract(
+    settings: Settings, window: Window, target: MySQLTarget | None = None
+) -> dict[str, Any]:
+    """Copy the window's posts from MySQL into `posts_raw/ds=D` (a replayable snapshot)."""
+    target = target or MySQLTarget.parse(settings.mysql_uri)
+    lake = Lake.from_settings(settings)
+    lake.check()
+    t0 = time.monotonic()
+    progress = Progress(f"extract {window.ds}", None)
+    chunks = extract_window(
+        target, window.start, window.end, settings.extract_chunk_rows, parallel=settings.workers
+    )
+    with lake.writer(DATASET_RAW, window.ds, RAW_SCHEMA) as w, ThreadPoolExecutor(1) as pool:
+        pending = None  # the Parquet write of chunk i overlaps the read of chunk i+1
+        for chunk in chunks:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(w.write, chunk)
+            progress.add(chunk.num_rows)
+        if pending is not None:
+            pending.result()
+        w.meta.update(
+            window_start=window.start.isoformat(),
+            window_end=window.end.isoformat(),
+            source=target.describe(),
+        )
+    seconds = time.monotonic() - t0
+    progress.add(0, force=True)
+    log.info("extracted %d rows of %s in %.1fs", w.rows, window.ds, seconds)
+    return {
+        "ds": window.ds,
+        "rows": w.rows,
+        "uri": lake.partition_uri(DATASET_RAW, window.ds),
+        "seconds": round(seconds, 3),
+    }
+
+
+# -- validate + sanitise --------------------------------------------------------------------------
+
+
+@dataclass
+class CleanStats:
+    rows_in: int = 0
+    clean: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    batch_errors: list[str] = field(default_factory=list)
+    batch_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.reasons.values())
+
+
+def superseded_positions(lake: Lake, ds: str) -> set[int]:
+    """Row positions (in partition order) of older versions of a post id: the latest wins.
+
+    Computed on (id, updated_at) of the whole partition so duplicates are found whatever batch
+    they fall in; 16 bytes a row keeps this small even for millions of rows.
+    """
+    keys = lake.read_partition(DATASET_RAW, ds, columns=["id", "updated_at"])
+    if keys.num_rows == 0:
+        return set()
+    ids = keys.column("id")
+    if pc.count_distinct(ids).as_py() == keys.num_rows - ids.null_count:
+        return set()
+    pos = pa.array(range(keys.num_rows), pa.int64())
+    t = pa.table({"id": ids, "updated_at": keys.column("updated_at"), "pos": pos})
+    t = t.filter(pc.is_valid(t["id"])).sort_by(
+        [("id", "ascending"), ("updated_at", "descending"), ("pos", "descending")]
+    )
+    id_list = t.column("id").to_pylist()
+    positions = t.column("pos").to_pylist()
+    return {positions[i] for i in range(1, len(id_list)) if id_list[i] == id_list[i - 1]}
+
+
+def clean(settings: Settings, window: Window, now: datetime | None = None) -> dict[str, Any]:
+    """Validate and sanitise `posts_raw/ds=D` into `posts_clean/ds=D` and `quarantine/ds=D`."""
+    import pandas as pd
+
+    from ml.captions import sanitize_captions
+    from ml.images import check_uris
+    from ml.validate import validate_posts
+
+    now = _utc(now or datetime.now(UTC))
+    lake = Lake.from_settings(settings)
+    ds = window.ds
+    raw_manifest = lake.read_manifest(DATASET_RAW, ds)
+    if raw_manifest is None:
+        raise FileNotFoundError(
+            f"{lake.partition_uri(DATASET_RAW, ds)} does not exist: run the extract step first"
+        )
+    superseded = superseded_positions(lake, ds)
+    stats = CleanStats()
+    results: list[dict[str, Any]] = []
+    progress = Progress(f"validate {ds}", raw_manifest["rows"])
+    t0 = time.monotonic()
+    offset = 0
+    chunk_settings = settings.replace(min_rows_error=0)  # row count is checked on the whole day
+    with (
+        lake.writer(DATASET_CLEAN, ds, CLEAN_SCHEMA) as clean_w,
+        lake.writer(DATASET_QUARANTINE, ds, QUARANTINE_SCHEMA) as quar_w,
+    ):
+        for batch in lake.iter_batches(DATASET_RAW, ds, settings.extract_chunk_rows):
+            df = batch.to_pandas(types_mapper=pd.ArrowDtype)
+            df.index = pd.RangeIndex(offset, offset + len(df))
+            offset += len(df)
+            stats.rows_in += len(df)
+            reason = pd.Series(pd.NA, index=df.index, dtype="object")
+            message = pd.Series("", index=df.index, dtype="object")
+
+            dup = df.index.isin(list(superseded)) if superseded else None
+            if dup is not None and dup.any():
+                reason[dup] = Reason.DUPLICATE_SUPERSEDED.value
+                message[dup] = "a newer version of this post id is in the same window"
+
+            todo = reason.isna()
+            outcome = validate_posts(
+                _plain(df[todo]),
+                _naive(window.start),
+                _naive(window.end),
+                _naive(now),
+                chunk_settings,
+            )
+            if len(outcome.row_reasons):
+                idx = outcome.row_reasons.index
+                reason[idx] = outcome.row_reasons["reason"].astype(str)
+                message[idx] = outcome.row_reasons["message"].astype(str)
+            stats.batch_errors += [c.message for c in outcome.errors]
+            stats.batch_warnings += [c.message for c in outcome.warnings]
+            results.append(outcome.result_json)
+
+            todo = reason.isna()
+            captions = df["caption"].astype("object").where(df["caption"].notna(), None)
+            cleaned = sanitize_captions(captions[todo])
+            empty = cleaned.isna() | (cleaned.astype("object").fillna("").str.len() == 0)
+            empty_idx = cleaned.index[empty.to_numpy(dtype=bool)]
+            reason[empty_idx] = Reason.CAPTION_EMPTY.value
+            message[empty_idx] = "caption is empty after removing whitespace and control characters"
+
+            todo = reason.isna()
+            todo_idx = df.index[todo.to_numpy(dtype=bool)]
+            uris = (
+                df.loc[todo_idx, "image_uri"]
+                .astype("object")
+                .where(df.loc[todo_idx, "image_uri"].notna(), None)
+            )
+            images = check_uris(list(uris), settings)
+            info = {
+                k: [] for k in ("image_format", "image_width", "image_height", "exif_orientation")
+            }
+            for i, res in zip(todo_idx, images, strict=True):
+                if res.reason is not None:
+                    reason[i] = Reason(res.reason).value
+                    message[i] = res.message
+                info["image_format"].append(res.format)
+                info["image_width"].append(res.width)
+                info["image_height"].append(res.height)
+                info["exif_orientation"].append(res.exif_orientation)
+
+            ok_idx = [i for i in todo_idx if pd.isna(reason[i])]
+            ok_pos = [j for j, i in enumerate(todo_idx) if pd.isna(reason[i])]
+            clean_df = _plain(df.loc[ok_idx])
+            clean_df["caption"] = cleaned.loc[ok_idx].astype("object")
+            for col, values in info.items():
+                clean_df[col] = [values[j] for j in ok_pos]
+            clean_w.write(pa.Table.from_pandas(clean_df, schema=CLEAN_SCHEMA, preserve_index=False))
+            stats.clean += len(clean_df)
+
+            bad = reason.notna()
+            if bad.any():
+                q = _plain(df[bad.to_numpy(dtype=bool)])
+                q["reason"] = reason[bad].astype(str).to_numpy()
+                q["message"] = message[bad].astype(str).to_numpy()
+                quar_w.write(
+                    pa.Table.from_pandas(q, schema=QUARANTINE_SCHEMA, preserve_index=False)
+                )
+                stats.reasons.update(q["reason"].tolist())
+            progress.add(len(df))
+
+        if stats.rows_in < settings.min_rows_error:
+            stats.batch_errors.append(
+                f"row count {stats.rows_in} is below the minimum {settings.min_rows_error}"
+            )
+        fraction = stats.quarantined / stats.rows_in if stats.rows_in else 0.0
+        if fraction > settings.max_quarantine_fraction_error:
+            stats.batch_errors.append(
+                f"{fraction:.1%} of rows quarantined (error above "
+                f"{settings.max_quarantine_fraction_error:.0%})"
+            )
+        elif fraction > settings.max_quarantine_fraction_warn:
+            stats.batch_warnings.append(
+                f"{fraction:.1%} of rows quarantined (warning above "
+                f"{settings.max_quarantine_fraction_warn:.0%})"
+            )
+        status = "failed_validation" if stats.batch_errors else "ok"
+        report = json.dumps(
+            {
+                "status": status,
+                "errors": stats.batch_errors,
+                "warnings": stats.batch_warnings,
+                "chunks": results,
+            },
+            default=str,
+        ).encode()
+        report_uri = clean_w.write_artifact("validation.json", report)
+        common = dict(
+            window_start=window.start.isoformat(),
+            window_end=window.end.isoformat(),
+            source_rows=stats.rows_in,
+            raw_run_id=raw_manifest["run_id"],
+            validation_status=status,
+            validation_report=report_uri,
+        )
+        clean_w.meta.update(common, quarantined=stats.quarantined)
+        quar_w.meta.update(common, reasons=dict(sorted(stats.reasons.items())))
+    progress.add(0, force=True)
+    for warning in stats.batch_warnings:
+        log.warning("validation warning for %s: %s", ds, warning)
+    summary = {
+        "ds": ds,
+        "rows_in": stats.rows_in,
+        "clean": stats.clean,
+        "quarantined": stats.quarantined,
+        "reasons": dict(sorted(stats.reasons.items())),
+        "warnings": stats.batch_warnings,
+        "errors": stats.batch_errors,
+        "clean_uri": lake.partition_uri(DATASET_CLEAN, ds),
+        "quarantine_uri": lake.partition_uri(DATASET_QUARANTINE, ds),
+        "validation_report": report_uri,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    if stats.batch_errors:
+        raise ValidationFailed(f"{ds}: " + "; ".join(stats.batch_errors))
+    return summary
+
+
+def _plain(df):
+    """Arrow-backed frame → numpy/object dtypes, which pandas-based validators handle best."""
+    import pandas as pd
+
+    out = pd.DataFrame(index=df.index)
+    for name in df.columns:
+        col = df[name]
+        if name in ("created_at", "updated_at"):
+            out[name] = pd.to_datetime(col.astype("object"), errors="coerce")
+        elif name in ("id", "author_id", "hearts", "comment_count"):
+            out[name] = col.astype("Int64")
+        else:
+            out[name] = col.astype("object").where(col.notna(), None)
+    return out
+
+
+# -- reconcile ------------------------------------------------------------------------------------
+
+
+def reconcile(settings: Settings, window: Window) -> dict[str, Any]:
+    """Prove nothing was lost or duplicated: raw ids == clean ids ⊎ quarantine ids."""
+    lake = Lake.from_settings(settings)
+    ds = window.ds
+    manifests = {
+        d: lake.read_manifest(d, ds) for d in (DATASET_RAW, DATASET_CLEAN, DATASET_QUARANTINE)
+    }
+    missing = [d for d, m in manifests.items() if m is None]
+    if missing:
+        raise ReconciliationError(f"{ds}: partitions missing: {missing}")
+    raw_run = manifests[DATASET_RAW]["run_id"]
+    for d in (DATASET_CLEAN, DATASET_QUARANTINE):
+        if manifests[d].get("raw_run_id") != raw_run:
+            raise ReconciliationError(
+                f"{ds}: {d} was built from extract {manifests[d].get('raw_run_id')}, "
+                f"but posts_raw is now {raw_run}: re-run the validate step"
+            )
+    ids = {d: lake.read_partition(d, ds, columns=["id"]).column("id") for d in manifests}
+    raw_ids = Counter(ids[DATASET_RAW].to_pylist())
+    clean_ids = Counter(ids[DATASET_CLEAN].to_pylist())
+    quar_ids = Counter(ids[DATASET_QUARANTINE].to_pylist())
+    problems = []
+    if sum(raw_ids.values()) != sum(clean_ids.values()) + sum(quar_ids.values()):
+        problems.append(
+            f"row counts differ: raw {sum(raw_ids.values())} != clean {sum(clean_ids.values())} "
+            f"+ quarantine {sum(quar_ids.values())}"
+        )
+    if raw_ids != clean_ids + quar_ids:
+        lost = raw_ids - (clean_ids + quar_ids)
+        extra = (clean_ids + quar_ids) - raw_ids
+        problems.append(f"ids lost {sorted(lost)[:10]}, ids added {sorted(extra)[:10]}")
+    twice = [i for i, n in clean_ids.items() if n > 1]
+    if twice:
+        problems.append(f"post ids twice in posts_clean: {sorted(twice)[:10]}")
+    for d, m in manifests.items():
+        actual = len(ids[d])
+        if m["rows"] != actual:
+            problems.append(f"{d} manifest says {m['rows']} rows, files hold {actual}")
+    if problems:
+        raise ReconciliationError(f"{ds}: " + "; ".join(problems))
+    result = {
+        "ds": ds,
+        "rows_in": sum(raw_ids.values()),
+        "clean": sum(clean_ids.values()),
+        "quarantined": sum(quar_ids.values()),
+        "reasons": manifests[DATASET_QUARANTINE].get("reasons", {}),
+        "validation_status": manifests[DATASET_CLEAN].get("validation_status"),
+        "clean_uri": lake.partition_uri(DATASET_CLEAN, ds),
+        "quarantine_uri": lake.partition_uri(DATASET_QUARANTINE, ds),
+    }
+    log.info("reconciled %s: %s", ds, result)
+    return result
+
+
+def run_etl(settings: Settings, window: Window, now: datetime | None = None) -> dict[str, Any]:
+    """All three stages in one process: what `python -m ml etl` and the demo run."""
+    t0 = time.monotonic()
+    ex = extract(settings, window)
+    cl = clean(settings, window, now)
+    rc = reconcile(settings, window)
+    seconds = time.monotonic() - t0
+    return {
+        **rc,
+        "warnings": cl["warnings"],
+        "validation_report": cl["validation_report"],
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(ex["rows"] / seconds, 1) if seconds else None,
+    }
+
+
+def _parse_ts(value: str) -> datetime:
+    try:
+        return _utc(datetime.fromisoformat(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date or datetime") from exc
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml etl",
+        description="Extract [start, end) on updated_at from MySQL, validate, sanitise and "
+        "write posts_clean/quarantine partitions (ds = the start date). Reads POSTFLOW_MYSQL_URI "
+        "and POSTFLOW_LAKE.",
+    )
+    parser.add_argument("--start", type=_parse_ts, required=True, help="ISO date/datetime (UTC)")
+    parser.add_argument(
+        "--end", type=_parse_ts, help="ISO date/datetime, exclusive (default +1 day)"
+    )
+    parser.add_argument(
+        "--step",
+        choices=["all", "extract", "validate", "reconcile"],
+        default="all",
+        help="run one stage only (what the Airflow tasks do)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        window = Window(args.start, args.end or args.start + timedelta(days=1))
+        settings = Settings.load()
+        step = {"all": run_etl, "extract": extract, "validate": clean, "reconcile": reconcile}
+        result = step[args.step](settings, window)
+    except (
+        SourceError,
+        LakeError,
+        ConfigError,
+        ValidationFailed,
+        ReconciliationError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
+        print(f"postflow etl: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=str))
+    return 0
