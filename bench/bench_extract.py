@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"mariadb --batch --quick: {raw_rate:,.0f} rows/s ({best_raw:.2f}s)")
         print(f"postflow extract → lake: {our_rate:,.0f} rows/s ({best_ours:.2f}s)")
         ratio = our_rate / raw_rate
-        print(f"RESULT extract_rows_per_s={our_rate:.0f} raw_client={raw_rate:.0f} "
-              f"ratio={ratio:.2f}x goal>=1.0x")
+        print(
+            f"RESULT extract_rows_per_s={our_rate:.0f} raw_client={raw_rate:.0f} "
+            f"ratio={ratio:.2f}x goal>=1.0x"
+        )
         return {"extract_rows_per_s": our_rate, "raw_client_rows_per_s": raw_rate, "ratio": ratio}
     finally:
         conn = MySQLTarget(args.host, 3306, args.user, "", "mysql").connect()

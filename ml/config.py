@@ -2,8 +2,9 @@
 optional TOML file, with defaults that run on a developer machine.
 
 Precedence: explicit overrides > environment > file (`POSTFLOW_CONFIG`, else `./postflow.toml`
-when present) > defaults. Airflow tasks build a `Settings` and override the fields that come
-from Airflow connections (e.g. `mysql_uri` from `posts_mysql`).
+when present; an empty `POSTFLOW_CONFIG` reads no file) > defaults. Airflow tasks build a
+`Settings` and override the fields that come from Airflow connections (`mysql_uri` from
+`posts_mysql`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ os.environ.update(
 # Tests never read a developer's postflow.toml or POSTFLOW_* environment by accident.
 for _key in [k for k in os.environ if k.startswith("POSTFLOW_")]:
     del os.environ[_key]
-os.environ["POSTFLOW_CONFIG"] = os.devnull
+os.environ["POSTFLOW_CONFIG"] = ""  # empty: read no settings file
 
 MYSQL_HOST = os.environ.get("POSTFLOW_TEST_MYSQL_HOST", "127.0.0.1")
 MYSQL_PORT = int(os.environ.get("POSTFLOW_TEST_MYSQL_PORT", "3306"))
@@ -95,18 +95,24 @@ class MySQLDatabase:
         from ml.source import MySQLTarget, create_schema
 
         self.name = f"pf_test_{uuid.uuid4().hex[:10]}"
-        self.admin = MySQLTarget(MYSQL_HOST, MYSQL_PORT, MYSQL_ADMIN, MYSQL_ADMIN_PASSWORD, self.name)
+        self.admin = MySQLTarget(
+            MYSQL_HOST, MYSQL_PORT, MYSQL_ADMIN, MYSQL_ADMIN_PASSWORD, self.name
+        )
         create_schema(self.admin)
         self.reader_user = f"pf_ro_{uuid.uuid4().hex[:8]}"
         reader_password = uuid.uuid4().hex
         conn = _admin_connect()
         cur = conn.cursor()
         for host in ("127.0.0.1", "localhost"):
-            cur.execute(f"CREATE USER '{self.reader_user}'@'{host}' IDENTIFIED BY %s", (reader_password,))
+            cur.execute(
+                f"CREATE USER '{self.reader_user}'@'{host}' IDENTIFIED BY %s", (reader_password,)
+            )
             cur.execute(f"GRANT SELECT ON `{self.name}`.`posts` TO '{self.reader_user}'@'{host}'")
         conn.commit()
         conn.close()
-        self.reader = MySQLTarget(MYSQL_HOST, MYSQL_PORT, self.reader_user, reader_password, self.name)
+        self.reader = MySQLTarget(
+            MYSQL_HOST, MYSQL_PORT, self.reader_user, reader_password, self.name
+        )
 
     def execute(self, sql: str, params=None, many: bool = False) -> None:
         conn = _admin_connect(self.name)
@@ -151,8 +157,11 @@ class S3Server:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id="testing", aws_secret_access_key="testing",
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
         )
 
     def bucket(self, name: str | None = None) -> str:
@@ -171,7 +180,8 @@ def s3_server() -> Iterator[S3Server]:
     log = open(_AIRFLOW_HOME / "moto.log", "wb")
     proc = subprocess.Popen(
         [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for_port(port, proc)
@@ -186,7 +196,9 @@ def airflow_db() -> Path:
     """An initialised Airflow metadata DB (sqlite) in the isolated AIRFLOW_HOME."""
     subprocess.run(
         [str(VENV_BIN / "airflow"), "db", "migrate"],
-        check=True, capture_output=True, env=os.environ.copy(),
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
     )
     return _AIRFLOW_HOME
 

@@ -48,7 +48,9 @@ def _reader_account(admin) -> object:
     try:
         cur = conn.cursor()
         for host in ("127.0.0.1", "localhost", "%"):
-            cur.execute(f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY %s", (password,))
+            cur.execute(
+                f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY %s", (password,)
+            )
             cur.execute(f"ALTER USER '{user}'@'{host}' IDENTIFIED BY %s", (password,))
             cur.execute(f"GRANT SELECT ON `{admin.database}`.`posts` TO '{user}'@'{host}'")
         conn.commit()

@@ -13,8 +13,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 ALLOWED_TAGS = {"postflow", "etl", "ml", "report"}
-HEAVY = ("torch", "torchvision", "mlflow", "great_expectations", "pandas", "sklearn",
-         "sentence_transformers", "connectorx", "MySQLdb", "boto3", "ml.etl")
+HEAVY = (
+    "torch",
+    "torchvision",
+    "mlflow",
+    "great_expectations",
+    "pandas",
+    "sklearn",
+    "sentence_transformers",
+    "connectorx",
+    "MySQLdb",
+    "boto3",
+    "ml.etl",
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +78,9 @@ print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
         "AIRFLOW_CONN_POSTS_MYSQL": "mysql://nobody:x@127.0.0.1:1/none",
         "PYTHONPATH": str(REPO / "plugins"),
     }
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
@@ -94,7 +106,9 @@ def test_posts_etl_reads_whole_utc_days(dagbag):
 def test_posts_etl_publishes_clean_asset_after_reconcile(dagbag):
     dag = dagbag.dags["posts_etl"]
     assert [t.task_id for t in dag.topological_sort()] == [
-        "extract_posts", "validate_posts", "reconcile_posts"
+        "extract_posts",
+        "validate_posts",
+        "reconcile_posts",
     ]
     outlets = dag.get_task("reconcile_posts").outlets
     assert [a.name for a in outlets] == ["posts_clean"]

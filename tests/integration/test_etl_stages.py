@@ -1,0 +1,324 @@
+"""The ETL stages against real MariaDB and a real S3 endpoint, with small hand-made rows."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from ml.config import Settings
+from ml.etl import ReconciliationError, Window, clean, extract, reconcile, run_etl
+from ml.lake import Lake
+
+pytestmark = pytest.mark.integration
+
+DAY = datetime(2026, 11, 20, tzinfo=timezone.utc)
+WINDOW = Window(DAY, DAY + timedelta(days=1))
+COLS = "id, author_id, caption, image_uri, hearts, comment_count, created_at, updated_at"
+
+
+def jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def naive(ts: datetime) -> datetime:
+    return ts.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(1, 8):
+        (root / f"{i}.jpg").write_bytes(jpeg((30 * i, 90, 200 - 20 * i)))
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fresh_mysql_db, images: Path) -> Settings:
+    return Settings.load(
+        {
+            "mysql_uri": fresh_mysql_db.reader.uri(),  # SELECT-only account
+            "lake": str(tmp_path / "lake"),
+            "image_root": str(images),
+            "image_workers": 1,
+            "extract_chunk_rows": 3,  # force several chunks on tiny data
+        }
+    )
+
+
+def insert(db, rows: list[tuple]) -> None:
+    db.execute(f"INSERT INTO posts ({COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", rows, many=True)
+
+
+def row(i: int, updated: datetime, **kw) -> tuple:
+    d = dict(
+        id=i,
+        author_id=7,
+        caption=f"sunset\tat  the beach #{i}",
+        image_uri=f"{(i - 1) % 7 + 1}.jpg",
+        hearts=5,
+        comment_count=12,
+        created=updated - timedelta(minutes=5),
+        updated=updated,
+    )
+    d.update(kw)
+    return (
+        d["id"],
+        d["author_id"],
+        d["caption"],
+        d["image_uri"],
+        d["hearts"],
+        d["comment_count"],
+        naive(d["created"]),
+        naive(d["updated"]),
+    )
+
+
+def ids_of(lake: Lake, dataset: str, ds=DAY) -> list[int]:
+    return sorted(lake.read_partition(dataset, ds, columns=["id"]).column("id").to_pylist())
+
+
+def test_window_boundaries_start_in_end_out(settings, fresh_mysql_db):
+    us = timedelta(microseconds=1)
+    insert(
+        fresh_mysql_db,
+        [
+            row(1, WINDOW.start),  # exactly at start: in
+            row(2, WINDOW.start + timedelta(hours=12)),
+            row(3, WINDOW.end - us),  # last microsecond: in
+            row(4, WINDOW.end),  # exactly at end: out (next day's)
+            row(5, WINDOW.start - us),  # just before: out
+        ],
+    )
+    summary = run_etl(settings, WINDOW, now=DAY + timedelta(days=2))
+    lake = Lake.from_settings(settings)
+    assert ids_of(lake, "posts_raw") == [1, 2, 3]
+    assert summary["rows_in"] == 3 and summary["clean"] == 3 and summary["quarantined"] == 0
+    assert ids_of(lake, "posts_clean") == [1, 2, 3]
+
+
+def test_clean_partition_is_sanitised_and_typed(settings, fresh_mysql_db):
+    insert(
+        fresh_mysql_db, [row(1, DAY + timedelta(hours=1), caption="  golden\t\thour \x07 ☀️ 夕日  ")]
+    )
+    run_etl(settings, WINDOW, now=DAY + timedelta(days=2))
+    t = Lake.from_settings(settings).read_partition("posts_clean", DAY).to_pylist()
+    assert t[0]["caption"] == "golden hour ☀️ 夕日"
+    assert (t[0]["image_width"], t[0]["image_height"], t[0]["image_format"]) == (64, 48, "JPEG")
+    assert t[0]["exif_orientation"] == 1
+
+
+def test_every_row_lands_once_with_a_reason(settings, fresh_mysql_db, images):
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "text.jpg").write_bytes(b"<html>not a photo</html>")
+    good = jpeg()
+    (images / "trunc.jpg").write_bytes(good[: len(good) // 2])
+    t = DAY + timedelta(hours=3)
+    insert(
+        fresh_mysql_db,
+        [
+            row(1, t),
+            row(2, t, hearts=-1),
+            row(3, t, caption=None),
+            row(4, t, caption=" \t\x00 "),
+            row(5, t, image_uri="missing.jpg"),
+            row(6, t, image_uri="empty.jpg"),
+            row(7, t, image_uri="text.jpg"),
+            row(8, t, image_uri="trunc.jpg"),
+            row(9, t, image_uri="http://example.com/a.jpg"),
+            row(10, t, created=datetime(2099, 1, 1, tzinfo=timezone.utc)),
+            row(11, t, hearts=-5, image_uri="missing.jpg"),  # two problems: the count wins
+            row(12, t, hearts=0),  # no hearts is fine for data quality (training filters it)
+        ],
+    )
+    summary = run_etl(settings, WINDOW, now=DAY + timedelta(days=2))
+    lake = Lake.from_settings(settings)
+    q = {r["id"]: r for r in lake.read_partition("quarantine", DAY).to_pylist()}
+    assert {i: r["reason"] for i, r in q.items()} == {
+        2: "count_negative",
+        3: "caption_null",
+        4: "caption_empty",
+        5: "image_missing",
+        6: "image_empty",
+        7: "image_not_an_image",
+        8: "image_corrupt",
+        9: "image_uri_invalid",
+        10: "timestamp_in_future",
+        11: "count_negative",
+    }
+    assert all(r["message"] for r in q.values())
+    assert q[4]["caption"] == " \t\x00 ", "quarantine keeps the original row"
+    assert ids_of(lake, "posts_clean") == [1, 12]
+    assert summary["rows_in"] == 12 and summary["clean"] + summary["quarantined"] == 12
+    report = json.loads(
+        lake.read_artifact(
+            "posts_clean",
+            DAY,
+            Lake.from_settings(settings).read_manifest("posts_clean", DAY)["artifacts"][0],
+        )
+    )
+    assert report["status"] == "ok" and report["chunks"], "the GX result is kept with the partition"
+
+
+def test_rerun_and_overlapping_backfill_are_idempotent(settings, fresh_mysql_db):
+    days = [DAY + timedelta(days=k) for k in range(3)]
+    insert(
+        fresh_mysql_db,
+        [row(10 * k + j, d + timedelta(hours=j)) for k, d in enumerate(days) for j in range(1, 4)],
+    )
+    lake = Lake.from_settings(settings)
+    now = DAY + timedelta(days=10)
+    for d in days[:2]:
+        run_etl(settings, Window(d, d + timedelta(days=1)), now=now)
+    first = lake.read_partition("posts_clean", days[1]).sort_by("id")
+    for d in days[1:]:  # overlapping backfill: day 2 again, then day 3
+        run_etl(settings, Window(d, d + timedelta(days=1)), now=now)
+    run_etl(settings, Window(days[1], days[1] + timedelta(days=1)), now=now)
+    again = lake.read_partition("posts_clean", days[1]).sort_by("id")
+    assert again.equals(first)
+    assert ids_of(lake, "posts_clean", days[1]) == [11, 12, 13]
+    part = Path(settings.lake) / "posts_clean" / f"ds={days[1].date()}"
+    assert len(list(part.glob("*.parquet"))) == 1, "old versions are removed after commit"
+    assert lake.partitions("posts_clean") == [str(d.date()) for d in days]
+
+
+def test_reconcile_fails_loudly_when_a_row_is_lost(settings, fresh_mysql_db):
+    insert(fresh_mysql_db, [row(i, DAY + timedelta(hours=i)) for i in range(1, 5)])
+    extract(settings, WINDOW)
+    clean(settings, WINDOW, now=DAY + timedelta(days=2))
+    lake = Lake.from_settings(settings)
+    table = lake.read_partition("posts_clean", DAY)
+    with lake.writer("posts_clean", DAY, table.schema) as w:  # a buggy writer drops one row
+        w.write(table.slice(1))
+        w.meta["raw_run_id"] = lake.read_manifest("posts_raw", DAY)["run_id"]
+    with pytest.raises(ReconciliationError, match="ids lost"):
+        reconcile(settings, WINDOW)
+
+
+def test_reconcile_refuses_partitions_of_an_older_extract(settings, fresh_mysql_db):
+    insert(fresh_mysql_db, [row(1, DAY + timedelta(hours=1))])
+    run_etl(settings, WINDOW, now=DAY + timedelta(days=2))
+    extract(settings, WINDOW)  # re-extracted, not re-validated
+    with pytest.raises(ReconciliationError, match="re-run the validate step"):
+        reconcile(settings, WINDOW)
+
+
+def test_reader_account_cannot_write(fresh_mysql_db):
+    import MySQLdb
+
+    conn = fresh_mysql_db.reader.connect()
+    with pytest.raises(MySQLdb.OperationalError, match="command denied"):
+        conn.cursor().execute("DELETE FROM posts")
+    conn.close()
+
+
+def test_lake_and_images_on_s3(tmp_path, fresh_mysql_db, s3_server):
+    bucket = s3_server.bucket()
+    client = s3_server.client()
+    for i in range(1, 4):
+        client.put_object(Bucket=bucket, Key=f"photos/{i}.jpg", Body=jpeg((60 * i, 60, 60)))
+    t = DAY + timedelta(hours=2)
+    insert(
+        fresh_mysql_db,
+        [
+            row(1, t, image_uri="1.jpg"),  # relative to the s3 image root
+            row(2, t, image_uri=f"s3://{bucket}/photos/2.jpg"),  # absolute s3 URI
+            row(3, t, image_uri=f"s3://{bucket}/photos/nope.jpg"),
+        ],
+    )
+    settings = Settings.load(
+        {
+            "mysql_uri": fresh_mysql_db.reader.uri(),
+            "lake": f"s3://{bucket}/lake",
+            "image_root": f"s3://{bucket}/photos",
+            "s3_endpoint": s3_server.endpoint,
+            "image_workers": 1,
+        }
+    )
+    summary = run_etl(settings, WINDOW, now=DAY + timedelta(days=2))
+    assert (summary["clean"], summary["quarantined"]) == (2, 1)
+    assert summary["clean_uri"] == f"s3://{bucket}/lake/posts_clean/ds=2026-11-20"
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="lake/")["Contents"]}
+    assert f"lake/posts_clean/ds=2026-11-20/_manifest.json" in keys
+    assert any(k.startswith("lake/quarantine/ds=2026-11-20/part-") for k in keys)
+    lake = Lake.from_settings(settings)
+    assert lake.read_partition("quarantine", DAY).column("reason").to_pylist() == ["image_missing"]
+    # a rerun replaces, leaving exactly one data file per partition
+    run_etl(settings, WINDOW, now=DAY + timedelta(days=2))
+    keys = [
+        o["Key"]
+        for o in client.list_objects_v2(Bucket=bucket, Prefix="lake/posts_clean/")["Contents"]
+    ]
+    assert len([k for k in keys if k.endswith(".parquet")]) == 1
+
+
+def test_cli_prints_json_summary(settings, fresh_mysql_db):
+    insert(fresh_mysql_db, [row(1, DAY + timedelta(hours=1)), row(2, DAY + timedelta(hours=2))])
+    env = {
+        **os.environ,
+        "POSTFLOW_MYSQL_URI": settings.mysql_uri,
+        "POSTFLOW_LAKE": settings.lake,
+        "POSTFLOW_IMAGE_ROOT": settings.image_root,
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "ml", "etl", "--start", "2026-11-20", "--end", "2026-11-21"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (summary["ds"], summary["rows_in"], summary["clean"]) == ("2026-11-20", 2, 2)
+
+
+def test_cli_misconfigured_database_is_one_clear_line(tmp_path):
+    env = {
+        **os.environ,
+        "POSTFLOW_MYSQL_URI": "mysql://nobody:wrong@127.0.0.1:1/none",
+        "POSTFLOW_LAKE": str(tmp_path / "lake"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "ml", "etl", "--start", "2026-11-20"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "POSTFLOW_MYSQL_URI" in out.stderr and "wrong" not in out.stderr
+
+
+def test_cli_unsupported_lake_is_one_clear_line(fresh_mysql_db):
+    env = {
+        **os.environ,
+        "POSTFLOW_MYSQL_URI": fresh_mysql_db.reader.uri(),
+        "POSTFLOW_LAKE": "ftp://somewhere/lake",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "ml", "etl", "--start", "2026-11-20"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "unsupported lake root" in out.stderr
+
+
+def test_raw_schema_roundtrip_of_empty_day(settings):
+    summary = run_etl(settings, WINDOW, now=DAY + timedelta(days=2))
+    assert (summary["rows_in"], summary["clean"], summary["quarantined"]) == (0, 0, 0)
+    empty = Lake.from_settings(settings).read_partition("posts_clean", DAY)
+    assert empty.num_rows == 0 and isinstance(empty, pa.Table)

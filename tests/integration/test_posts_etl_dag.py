@@ -1,0 +1,120 @@
+"""`posts_etl` through real Airflow (`dag.test()`) on a day of demo data, read-only MySQL account."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from ml.config import Settings
+from ml.lake import Lake
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DAY = date(2026, 11, 20)
+
+# demo_data's planted bad kinds → the reason the ETL must record for them
+EXPECTED_REASON = {
+    "corrupt_jpeg": "image_corrupt",
+    "truncated_jpeg": "image_corrupt",
+    "zero_byte": "image_empty",
+    "missing_file": "image_missing",
+    "non_image": "image_not_an_image",
+    "null_caption": "caption_null",
+    "empty_caption": "caption_empty",
+    "whitespace_caption": "caption_empty",
+    "negative_hearts": "count_negative",
+    "negative_comments": "count_negative",
+    "future_created_at": "timestamp_in_future",
+    "unsupported_uri": "image_uri_invalid",
+}
+
+
+@pytest.fixture(scope="module")
+def demo(mysql_db, tmp_path_factory):
+    from ml.demo_data import BAD_KINDS, generate
+
+    assert set(BAD_KINDS) == set(EXPECTED_REASON), "every planted kind has an expected reason"
+    root = tmp_path_factory.mktemp("demo")
+    settings = Settings.load(
+        {
+            "mysql_uri": mysql_db.admin.uri(),
+            "lake": str(root / "lake"),
+            "image_root": str(root / "images"),
+            "image_workers": 2,
+        }
+    )
+    truth = generate(
+        settings, posts=400, days=2, end=DAY + timedelta(days=1), seed=11, replace=True
+    )
+    return settings, truth
+
+
+@pytest.fixture
+def airflow_env(airflow_db, demo, mysql_db, monkeypatch):
+    settings, _ = demo
+    monkeypatch.setenv("AIRFLOW_CONN_POSTS_MYSQL", mysql_db.reader.uri())
+    monkeypatch.setenv("POSTFLOW_MYSQL_URI", "mysql://wrong@127.0.0.1:1/unused")  # conn wins
+    monkeypatch.setenv("POSTFLOW_LAKE", settings.lake)
+    monkeypatch.setenv("POSTFLOW_IMAGE_ROOT", settings.image_root)
+    monkeypatch.setenv("POSTFLOW_IMAGE_WORKERS", "2")
+    return settings
+
+
+def run_day(day: date):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["posts_etl"]
+    # A manual run with logical date D+1 reads the complete day D.
+    logical = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+    return dag.test(logical_date=logical)
+
+
+def test_posts_etl_day_of_demo_data(airflow_env, demo):
+    settings, truth = demo
+    run = run_day(DAY)
+    assert str(run.state) == "success"
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states == dict.fromkeys(
+        ["extract_posts", "validate_posts", "reconcile_posts"], "success"
+    )
+
+    lake = Lake.from_settings(settings)
+    clean = lake.read_partition("posts_clean", DAY).to_pylist()
+    quarantine = lake.read_partition("quarantine", DAY).to_pylist()
+    raw_ids = set(lake.read_partition("posts_raw", DAY, columns=["id"]).column("id").to_pylist())
+    clean_ids = {r["id"] for r in clean}
+    reasons = {r["id"]: r["reason"] for r in quarantine}
+    assert clean_ids | set(reasons) == raw_ids and not clean_ids & set(reasons)
+    assert len(clean_ids) == len(clean), "no post twice in posts_clean"
+
+    bad_today = {int(i): k for i, k in truth["bad"].items() if int(i) in raw_ids}
+    assert set(bad_today.values()) == set(EXPECTED_REASON), "every bad kind occurs on this day"
+    for post_id, kind in bad_today.items():
+        assert reasons.get(post_id) == EXPECTED_REASON[kind], (post_id, kind, reasons.get(post_id))
+    assert set(reasons) == set(bad_today), "only planted bad rows are quarantined"
+
+    unusual_today = {int(i): k for i, k in truth["unusual_valid"].items() if int(i) in raw_ids}
+    assert unusual_today, "unusual but valid photos are in the day"
+    assert set(unusual_today) <= clean_ids, {k: reasons.get(i) for i, k in unusual_today.items()}
+    for r in clean:
+        assert r["caption"] == r["caption"].strip() and "\t" not in r["caption"]
+        assert "  " not in r["caption"]
+
+
+def test_posts_etl_emits_posts_clean_asset_event(airflow_env, demo):
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    run = run_day(DAY - timedelta(days=1))
+    assert str(run.state) == "success"
+    with create_session() as session:
+        events = [
+            e
+            for e in session.query(AssetEvent).all()
+            if e.source_dag_id == "posts_etl" and e.source_run_id == run.run_id
+        ]
+    assert [e.source_task_id for e in events] == ["reconcile_posts"]
+    assert events[0].asset.name == "posts_clean"

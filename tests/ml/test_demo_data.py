@@ -1,0 +1,378 @@
+"""ml.demo_data against a real MariaDB (127.0.0.1:3306, root) and a tmp image folder.
+
+One module-scoped run of 300 posts feeds most tests; each database is uniquely named and
+dropped at teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import types
+import unicodedata
+import uuid
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, UnidentifiedImageError
+
+from ml import demo_data
+from ml.config import Settings
+from ml.reasons import Reason
+
+MySQLdb = pytest.importorskip("MySQLdb")
+
+pytestmark = pytest.mark.integration
+
+HOST, PORT = "127.0.0.1", 3306
+END = date(2026, 11, 20)
+DAYS = 3
+N = 300
+SEED = 11
+WINDOW_START = datetime(2026, 11, 17)
+WINDOW_END = datetime(2026, 11, 20)
+COLS = ("id", "author_id", "caption", "image_uri", "hearts", "comment_count")
+COLS += ("created_at", "updated_at")
+
+
+def _server_conn():
+    try:
+        return MySQLdb.connect(host=HOST, port=PORT, user="root", connect_timeout=3)
+    except MySQLdb.OperationalError as exc:
+        pytest.skip(f"MariaDB not reachable at {HOST}:{PORT}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def make_db():
+    """Unique database URIs; every database handed out is dropped at the end."""
+    _server_conn().close()
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(f"pf_test_demo_{uuid.uuid4().hex[:12]}")
+        return f"mysql://root@{HOST}:{PORT}/{names[-1]}"
+
+    yield make
+    conn = _server_conn()
+    try:
+        for name in names:
+            conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
+def _settings(uri: str, root: Path | str, **extra) -> Settings:
+    return Settings.load(
+        overrides={"mysql_uri": uri, "image_root": str(root), "image_workers": 2, **extra},
+        environ={},
+    )
+
+
+def _rows(uri: str) -> list[dict]:
+    db = uri.rsplit("/", 1)[-1]
+    conn = MySQLdb.connect(host=HOST, port=PORT, user="root", database=db, charset="utf8mb4")
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT {', '.join(COLS)} FROM posts ORDER BY id")
+        return [dict(zip(COLS, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def _path(uri: str, root: Path) -> Path | None:
+    if uri.startswith("file://"):
+        return Path(uri[len("file://") :])
+    if "://" in uri:
+        return None
+    return root / uri
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def demo(make_db, tmp_path_factory):
+    uri, root = make_db(), tmp_path_factory.mktemp("images")
+    truth = demo_data.generate(
+        _settings(uri, root), N, DAYS, END, seed=SEED, image_size=96, replace=True
+    )
+    rows = _rows(uri)
+    return types.SimpleNamespace(
+        uri=uri, root=root, truth=truth, rows=rows, by_id={r["id"]: r for r in rows}
+    )
+
+
+def test_truth_names_every_kind_and_matches_the_table(demo):
+    t = demo.truth
+    assert len(demo.rows) == N and t["first_id"] == 1 and t["last_id"] == N
+    assert set(t["bad"].values()) == set(demo_data.BAD_KINDS)
+    assert set(t["unusual_valid"].values()) == set(demo_data.UNUSUAL_KINDS)
+    assert set(t["bad"]).isdisjoint(t["unusual_valid"])
+    assert set(t["bad"]) | set(t["unusual_valid"]) <= set(demo.by_id)
+    assert 0.04 <= len(t["bad"]) / N <= 0.07
+    assert t["bin_edges"] == list(demo_data.DEFAULT_BIN_EDGES) == [0, 1, 3, 10, 30, 100, 300, 600]
+    assert t["window"] == [WINDOW_START.isoformat(), WINDOW_END.isoformat()]
+    assert set(demo_data.EXPECTED_REASONS) == set(demo_data.BAD_KINDS)
+    reasons = {r.value for r in Reason}
+    assert all(set(v) <= reasons for v in demo_data.EXPECTED_REASONS.values())
+    json.dumps(t)  # the truth is JSON-serialisable as returned
+
+
+def _decodes(path: Path) -> Image.Image:
+    im = Image.open(path)
+    im.load()
+    return im
+
+
+def _is_blank(s: str) -> bool:
+    return all(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in s)
+
+
+def test_bad_rows_fail_as_designed_and_only_that_way(demo):
+    for pid, kind in demo.truth["bad"].items():
+        row = demo.by_id[pid]
+        path = _path(row["image_uri"], demo.root)
+        if kind in {"image_corrupt", "image_truncated"}:
+            data = path.read_bytes()
+            assert data[:2] == b"\xff\xd8" and len(data) > 100, pid
+            with pytest.raises(OSError):
+                _decodes(path)
+        elif kind == "image_empty":
+            assert path.stat().st_size == 0
+        elif kind == "image_missing":
+            assert not path.exists()
+        elif kind == "image_not_an_image":
+            assert path.stat().st_size > 0 and path.suffix == ".jpg"
+            with pytest.raises(UnidentifiedImageError):
+                Image.open(path)
+        elif kind == "image_uri_unsupported":
+            assert row["image_uri"].startswith("http://")
+        else:  # the row's defect is not in the image: the image is fine
+            _decodes(path)
+        if kind == "caption_null":
+            assert row["caption"] is None
+        elif kind == "caption_empty":
+            assert row["caption"] == ""
+        elif kind == "caption_blank":
+            assert row["caption"] and _is_blank(row["caption"])
+        else:
+            assert row["caption"] and not _is_blank(row["caption"])
+        assert (row["hearts"] < 0) == (kind == "hearts_negative")
+        assert (row["comment_count"] < 0) == (kind == "comment_count_negative")
+        assert (row["created_at"].year == 2099) == (kind == "created_at_future")
+        assert WINDOW_START <= row["updated_at"] < WINDOW_END
+
+
+def test_valid_images_decode_and_unusual_ones_are_what_they_claim(demo):
+    bad, unusual = demo.truth["bad"], demo.truth["unusual_valid"]
+    for row in demo.rows:
+        if row["id"] in bad:
+            continue
+        im = _decodes(_path(row["image_uri"], demo.root))
+        assert min(im.size) >= 8
+        kind = unusual.get(row["id"], "plain")
+        expected = {
+            "jpeg_cmyk": ("JPEG", "CMYK"),
+            "jpeg_grayscale": ("JPEG", "L"),
+            "png_rgba": ("PNG", "RGBA"),
+            "webp": ("WEBP", "RGB"),
+        }.get(kind, ("JPEG", "RGB"))
+        assert (im.format, im.mode) == expected, (row["id"], kind)
+        assert bool(im.info.get("progressive")) == (kind == "jpeg_progressive")
+        assert (im.getexif().get(0x0112) == 6) == (kind == "jpeg_exif_orientation_6")
+
+
+def test_unusual_captions_are_dirty_but_keep_words(demo):
+    checks = {
+        "caption_tabs": lambda s: "\t" in s,
+        "caption_space_runs": lambda s: "  " in s,
+        "caption_control_chars": lambda s: any(unicodedata.category(c) == "Cc" for c in s.strip()),
+        "caption_emoji": lambda s: any(
+            ord(c) > 0x2000 and unicodedata.category(c) == "So" for c in s
+        ),
+        "caption_non_latin": lambda s: any(c.isalpha() and ord(c) > 0x36F for c in s),
+    }
+    seen = set()
+    for pid, kind in demo.truth["unusual_valid"].items():
+        if kind in checks:
+            caption = demo.by_id[pid]["caption"]
+            assert checks[kind](caption), (pid, kind, caption)
+            cleaned = "".join(c for c in caption if c.isspace() or c.isprintable()).split()
+            assert len(cleaned) >= 2
+            seen.add(kind)
+    assert seen == set(checks)
+
+
+def test_time_window_and_late_updates(demo):
+    later = 0
+    valid = [r for r in demo.rows if r["id"] not in demo.truth["bad"]]
+    for r in demo.rows:
+        assert WINDOW_START <= r["updated_at"] < WINDOW_END
+    for r in valid:
+        assert r["created_at"] <= r["updated_at"]
+        later += r["created_at"].date() < r["updated_at"].date()
+    assert 0.04 <= later / len(valid) <= 0.2
+    days = {r["updated_at"].date() for r in demo.rows}
+    assert days == {date(2026, 11, 17), date(2026, 11, 18), date(2026, 11, 19)}
+    created = [r["created_at"] for r in valid]
+    assert created == sorted(created)  # ids follow creation order
+    assert demo.truth["counts"]["updated_later"] == later
+
+
+def _label(comment_count: int) -> int:
+    return int(np.searchsorted(demo_data.DEFAULT_BIN_EDGES, comment_count, side="right") - 1)
+
+
+def test_engagement_signal_is_learnable_but_not_perfect(demo):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_score
+
+    X, y, hearts, zero = [], [], [], 0
+    for r in demo.rows:
+        if r["id"] in demo.truth["bad"]:
+            continue
+        zero += r["hearts"] == 0
+        if r["hearts"] < 1:
+            continue
+        im = Image.open(_path(r["image_uri"], demo.root))
+        im.draft("RGB", (24, 24))
+        X.append(np.asarray(im.convert("RGB").resize((12, 12)), np.float32).mean((0, 1)) / 255)
+        y.append(_label(r["comment_count"]))
+        hearts.append(r["hearts"])
+    X, y = np.array(X), np.array(y)
+    majority = np.bincount(y).max() / len(y)
+    acc = cross_val_score(
+        LogisticRegression(C=30, max_iter=3000), X, y, cv=KFold(5, shuffle=True, random_state=0)
+    ).mean()
+    assert acc > majority + 0.12, (acc, majority)
+    t = demo.truth
+    assert majority < acc < t["bayes_accuracy"] < 0.95
+    assert abs(t["bayes_accuracy"] - t["bayes_accuracy_population"]) < 0.08
+    assert abs(t["majority_accuracy"] - majority) < 1e-3
+    # imbalanced prior, heavy tails, hearts correlated with engagement, ~10% hearts == 0
+    counts = np.bincount(y, minlength=8)
+    assert counts[0] > 4 * counts[7]
+    assert 0.04 <= zero / t["counts"]["valid"] <= 0.17
+    assert np.corrcoef(np.log(hearts), y)[0, 1] > 0.4
+    assert max(r["comment_count"] for r in demo.rows) >= 600
+
+
+def test_caption_topic_words_follow_the_class(demo):
+    hits = []
+    for r in demo.rows:
+        if r["id"] in demo.truth["bad"]:
+            continue
+        words = set(r["caption"].lower().replace("#", " ").split())
+        hits.append(bool(words & set(demo_data.TOPIC_WORDS[_label(r["comment_count"])])))
+    assert 0.45 < np.mean(hits) < 0.9
+
+
+def test_same_seed_same_rows_and_bytes(demo, make_db, tmp_path):
+    uri, root = make_db(), tmp_path / "again"
+    demo_data.generate(_settings(uri, root), N, DAYS, END, seed=SEED, image_size=96, replace=True)
+    prefix_a, prefix_b = f"file://{demo.root.resolve()}/", f"file://{root.resolve()}/"
+    again = _rows(uri)
+    for r in again:
+        r["image_uri"] = r["image_uri"].replace(prefix_b, prefix_a)
+    assert again == demo.rows
+    assert _tree_hashes(root) == _tree_hashes(demo.root)
+    other = demo_data.build_posts(N, DAYS, END, SEED + 1, 1, 0.05, 96, prefix_a)
+    assert other.captions != [r["caption"] for r in demo.rows]
+
+
+def test_cli_appends_refuses_taken_ids_and_writes_truth(make_db, tmp_path, monkeypatch, capsys):
+    uri = make_db()
+    monkeypatch.setenv("POSTFLOW_MYSQL_URI", uri)
+    monkeypatch.setenv("POSTFLOW_IMAGE_ROOT", str(tmp_path / "img"))
+    monkeypatch.setenv("POSTFLOW_IMAGE_WORKERS", "1")
+    args = ["--posts", "30", "--days", "2", "--end", "2026-11-20", "--image-size", "32"]
+    truth_path = tmp_path / "truth.json"
+    assert demo_data.main([*args, "--replace", "--truth", str(truth_path)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["counts"]["posts"] == 30 and summary["truth"] == str(truth_path)
+    truth = json.loads(truth_path.read_text())
+    assert {"bad", "unusual_valid", "bayes_accuracy", "bin_edges", "counts", "window"} <= set(truth)
+    assert demo_data.main([*args, "--seed", "8"]) == 0  # appends after MAX(id)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["first_id"] == 31
+    assert len(_rows(uri)) == 60
+    assert demo_data.main([*args, "--first-id", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("demo-data: error:") and "--replace" in err and "\n" not in err
+
+
+def test_unreachable_mysql_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    import ml.source
+
+    monkeypatch.setattr(ml.source, "time", types.SimpleNamespace(sleep=lambda s: None))
+    monkeypatch.setenv("POSTFLOW_MYSQL_URI", "mysql://root@127.0.0.1:1/nowhere")
+    monkeypatch.setenv("POSTFLOW_IMAGE_ROOT", str(tmp_path))
+    assert demo_data.main(["--posts", "5"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith("demo-data: error: cannot connect to MySQL")
+    assert out.err.count("\n") == 1 and "Traceback" not in out.err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_s3_image_store(make_db, tmp_path):
+    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    if not Path(exe).exists():
+        pytest.skip("moto_server not installed")
+    boto3 = pytest.importorskip("boto3")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        settings = _settings(make_db(), "s3://demo-photos/img", s3_endpoint=endpoint)
+        uri = settings.mysql_uri
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}.items():
+                mp.setenv(k, v)
+            truth = demo_data.generate(settings, 40, 1, END, image_size=32, replace=True)
+            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            keys = {
+                o["Key"]
+                for o in s3.list_objects_v2(Bucket="demo-photos", Prefix="img/").get("Contents", [])
+            }
+        rows = _rows(uri)
+        assert truth["images"] == len(keys) > 0
+        for r in rows:
+            u = r["image_uri"]
+            assert not u.startswith("file://")
+            if r["id"] in truth["bad"]:
+                continue
+            if u.startswith("s3://"):
+                assert u.startswith("s3://demo-photos/img/")
+                assert u.removeprefix("s3://demo-photos/") in keys
+            else:
+                assert "img/" + u in keys
+    finally:
+        proc.terminate()
+        proc.wait(10)

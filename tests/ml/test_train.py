@@ -1,0 +1,265 @@
+"""Labels, splits and the classifier on small seeded synthetic data."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from datetime import datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ml import labels as L
+from ml import train as T
+
+# -- labels -------------------------------------------------------------------------------------
+
+
+def test_bins_at_edges():
+    cases = {0: 0, 1: 1, 2: 1, 3: 2, 9: 2, 10: 3, 299: 5, 300: 6, 599: 6, 600: 7, 10_000: 7}
+    for count, cls in cases.items():
+        assert L.bin_labels(count) == cls, count
+    assert L.bin_labels(np.array(list(cases))).tolist() == list(cases.values())
+    with pytest.raises(ValueError):
+        L.bin_labels(1, edges=(0, 5, 5))
+
+
+def test_tune_bins_monotone_and_nice():
+    rng = np.random.default_rng(0)
+    counts = np.concatenate([np.zeros(3000), rng.lognormal(2.5, 1.6, 7000).round()])
+    edges = L.tune_bins(counts)
+    assert len(edges) == 8 and edges[0] == 0
+    assert all(a < b for a, b in zip(edges, edges[1:], strict=False))
+    assert all(L._nice(e) == e for e in edges[1:])
+    hist = L.histogram(L.bin_labels(counts, edges))
+    assert min(hist) > 0  # every proposed bin is populated
+    assert list(L.tune_bins(np.zeros(100))) == sorted(set(L.tune_bins(np.zeros(100))))
+
+
+def test_split_is_deterministic_and_sized_by_volume():
+    ids = np.arange(1, 20_001) * 7919
+    a, b = L.assign_splits(ids, 5_000), L.assign_splits(ids, 5_000)
+    assert (a == b).all()
+    assert L.split_of(int(ids[3]), 5_000) == a[3]
+    frac = {s: (a == s).mean() for s in ("train", "val", "test")}
+    assert abs(frac["val"] - 0.2) < 0.02 and abs(frac["test"] - 0.2) < 0.02
+    for n in (10_000, 200_000, 2_000_000, 50_000_000):
+        rows = L.split_buckets(n) / L.N_BUCKETS * n
+        assert rows <= L.MAX_EVAL_ROWS and rows >= 0.75 * min(L.MAX_EVAL_ROWS, max(0.01 * n, 2000))
+
+
+def test_posts_only_leave_evaluation_sets_as_data_grows():
+    ids = np.arange(50_000) * 104_729 + 11
+    sizes = [1_000, 10_000, 30_000, 100_000, 1_000_000, 5_000_000, 100_000_000]
+    splits = [L.assign_splits(ids, n) for n in sizes]
+    for small, big in zip(splits, splits[1:], strict=False):
+        assert ((big == "test") <= (small == "test")).all()  # test only shrinks
+        assert ((big == "val") <= (small == "val")).all()
+        assert ((small == "train") <= (big == "train")).all()  # train never loses a post
+    ks = [L.split_buckets(n) for n in sizes]
+    assert ks == sorted(ks, reverse=True)
+
+
+def test_label_mask_age_and_hearts():
+    cutoff = datetime(2024, 5, 10)
+    created = [
+        cutoff - timedelta(days=7),
+        cutoff - timedelta(days=7) + timedelta(seconds=1),
+        cutoff - timedelta(days=30),
+        cutoff - timedelta(days=30),
+    ]
+    hearts = [1, 5, 0, 3]
+    assert L.label_mask(created, hearts, cutoff).tolist() == [True, False, False, True]
+    assert L.cutoff_of("2024-05-09") == cutoff
+
+
+# -- synthetic features -------------------------------------------------------------------------
+
+PRIORS = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
+
+
+def make_data(n: int, seed: int = 0, sep: float = 1.2, priors=PRIORS):
+    """Class-dependent means in a random 16-d subspace of 2432-d noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(len(priors), n, p=priors)
+    basis = np.linalg.qr(rng.normal(size=(T.N_FEATURES, 16)))[0].T  # (16, 2432)
+    means = rng.normal(size=(len(priors), 16)) * sep
+    X = rng.normal(size=(n, T.N_FEATURES)) * 0.5 + (means[y] + rng.normal(size=(n, 16))) @ basis * 6
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    X, y = make_data(600)
+    tr, va, te = slice(0, 360), slice(360, 480), slice(480, 600)
+    cfg = T.TrainConfig(max_epochs=60, patience=8, seed=0)
+    model = T.train_model(X[tr], y[tr], X[va], y[va], cfg)
+    base = T.train_baselines(X[tr], y[tr], model, cfg)
+    return X, y, te, model, base, cfg
+
+
+def test_mlp_beats_majority_and_logistic_is_sane(trained):
+    X, y, te, model, base, _ = trained
+    m = T.evaluate(model, X[te], y[te])
+    maj = T.evaluate(base["majority"], X[te], y[te])
+    lr = T.evaluate(base["logistic"], X[te], y[te])
+    assert maj["accuracy"] == pytest.approx((y[te] == np.bincount(y[:360]).argmax()).mean())
+    assert m["macro_f1"] > maj["macro_f1"] + 0.3
+    assert lr["macro_f1"] > maj["macro_f1"] + 0.2
+    assert len(m["per_class_recall"]) == 8 and np.array(m["confusion_matrix"]).sum() == 120
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch():
+    """Labels unrelated to the features: validation loss turns up quickly and training stops."""
+    X, _ = make_data(300, seed=4)
+    y = np.random.default_rng(4).integers(0, 8, 300)
+    cfg = T.TrainConfig(max_epochs=300, patience=5, seed=0, lr=3e-3)
+    model = T.train_model(X[:200], y[:200], X[200:], y[200:], cfg)
+    hist = model.history
+    assert len(hist) < 100
+    assert len(hist) == model.best_epoch + cfg.patience + 1
+    assert hist[model.best_epoch]["val_loss"] == min(h["val_loss"] for h in hist)
+    assert {"epoch", "train_loss", "val_loss", "val_accuracy"} <= hist[0].keys()
+
+
+def test_predict_proba_and_round_trips(trained, tmp_path):
+    X, _, te, model, _, _ = trained
+    p = model.predict_proba(X[te])
+    assert p.shape == (120, 8) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    loaded = T.TrainedModel.load(model.save(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.predict_proba(X[te]), p)
+    unpickled = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(unpickled.predict_proba(X[te]), p)
+    with pytest.raises(ValueError, match="2432"):
+        model.predict_proba(X[:3, :100])
+
+
+def test_training_is_seeded():
+    X, y = make_data(200, seed=3)
+    cfg = T.TrainConfig(max_epochs=5, seed=1)
+    a = T.train_model(X[:150], y[:150], X[150:], y[150:], cfg)
+    b = T.train_model(X[:150], y[:150], X[150:], y[150:], cfg)
+    np.testing.assert_array_equal(a.predict_proba(X[150:]), b.predict_proba(X[150:]))
+
+
+def test_balanced_class_weights_lift_minority_recall():
+    """86 % of one class, weak signal: unweighted training all but ignores the other classes."""
+    priors = np.array([0.86, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02])
+    X, y = make_data(1200, seed=5, sep=0.5, priors=priors)
+    tr, va, te = slice(0, 700), slice(700, 900), slice(900, 1200)
+    minority, balanced = {}, {}
+    for cw in ("balanced", None):
+        cfg = T.TrainConfig(class_weight=cw, seed=0, patience=8)
+        m = T.evaluate(T.train_model(X[tr], y[tr], X[va], y[va], cfg), X[te], y[te])
+        minority[cw] = np.mean([r for r in m["per_class_recall"][1:] if r is not None])
+        balanced[cw] = m["balanced_accuracy"]
+    assert minority["balanced"] > minority[None] + 0.1
+    assert balanced["balanced"] > balanced[None]
+    w = T.class_weights(y[tr], 8)
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y[tr])
+    np.testing.assert_allclose(
+        w[present], compute_class_weight("balanced", classes=present, y=y[tr]), rtol=1e-6
+    )
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes")
+def test_metrics_agree_with_sklearn():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 7, 300)  # class 7 never occurs
+    pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 8, 300))
+    m = T.metrics_from_predictions(y, pred, 8)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["per_class_recall"][7] is None
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(8)).tolist()
+
+
+def test_run_training_splits_trains_and_scores_all_three():
+    X, y = make_data(500, seed=8)
+    data = T.TrainingData(
+        X,
+        y,
+        np.arange(500) * 31 + 7,
+        y * 3,
+        L.DEFAULT_EDGES,
+        ["m"],
+        ["t"],
+        0,
+        ("2024-01-01", "2024-01-31"),
+    )
+    res = T.run_training(data, T.TrainConfig(max_epochs=40, seed=0))
+    assert sum(res.split_sizes.values()) == 500 and 60 < res.split_sizes["test"] < 140
+    assert set(res.metrics) == {"mlp", "majority", "logistic"}
+    assert res.metrics["mlp"]["test"]["macro_f1"] > res.metrics["majority"]["test"]["macro_f1"]
+    assert sum(res.label_histogram["train"]) == res.split_sizes["train"]
+    assert res.summary()["rows"] == 500
+
+
+# -- dataset from the lake ----------------------------------------------------------------------
+
+
+def test_load_dataset_joins_latest_snapshot_with_its_features(tmp_path, monkeypatch, capsys):
+    from ml.features import FEATURES_SCHEMA, features_table
+    from ml.lake import Lake
+    from ml.schema import CLEAN_SCHEMA
+
+    lake = Lake(str(tmp_path / "lake"))
+    old = datetime(2024, 4, 1)
+
+    def clean(ds, rows):
+        cols = {f.name: [r.get(f.name) for r in rows] for f in CLEAN_SCHEMA}
+        with lake.writer("posts_clean", ds, CLEAN_SCHEMA) as w:
+            w.write(pa.table(cols, schema=CLEAN_SCHEMA))
+
+    def feats(ds, ids, value):
+        n = len(ids)
+        t = features_table(
+            ids,
+            [f"h{i}" for i in ids],
+            np.full((n, 2048), value),
+            np.full((n, 384), value),
+            "resnet50:random-seed0",
+            "all-MiniLM-L6-v2",
+        )
+        with lake.writer("features", ds, FEATURES_SCHEMA) as w:
+            w.write(t)
+
+    def post(i, cc, hearts=1, created=old, updated=old):
+        return dict(
+            id=i,
+            author_id=1,
+            caption="c",
+            image_uri="x",
+            hearts=hearts,
+            comment_count=cc,
+            created_at=created,
+            updated_at=updated,
+        )
+
+    clean("2024-04-01", [post(1, 0), post(2, 5), post(3, 50, hearts=0), post(4, 2)])
+    feats("2024-04-01", [1, 2, 3], 1.0)  # post 4 was skipped at embed
+    clean(
+        "2024-04-10",
+        [post(2, 700, updated=old + timedelta(days=9)), post(5, 1, created=datetime(2024, 4, 9))],
+    )  # 5: too young
+    feats("2024-04-10", [2, 5], 2.0)
+    data = T.load_dataset(lake, "2024-04-01", "2024-04-10")
+    assert data.post_ids.tolist() == [1, 2]
+    assert data.comment_count.tolist() == [0, 700] and data.y.tolist() == [0, 7]
+    assert data.X.shape == (2, 2432) and data.X.dtype == np.float32
+    assert data.X[1, 0] == 2.0 and data.X[0, -1] == 1.0  # features of the labelled snapshot
+    assert data.missing_features == 1 and data.image_models == ["resnet50:random-seed0"]
+
+    # tune-bins reads the same labels (posts 1, 2 and 4: old enough, hearts >= 1)
+    monkeypatch.setenv("POSTFLOW_LAKE", lake.root)
+    monkeypatch.delenv("POSTFLOW_CONFIG", raising=False)
+    assert L.main(["--start", "2024-04-01", "--end", "2024-04-10", "--n-bins", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"] == 3 and len(out["proposed_edges"]) == 3
