@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ml.config import Settings
 from ml.etl import Window, extract
@@ -28,7 +28,8 @@ def populate(admin: MySQLTarget, rows: int) -> None:
     cur.execute(
         "INSERT INTO posts (id, author_id, caption, image_uri, hearts, comment_count, "
         "created_at, updated_at) "
-        "SELECT seq, seq % 50000, CONCAT('caption number ', seq, ' golden hour at the beach #sun'), "
+        "SELECT seq, seq % 50000, "
+        "CONCAT('caption number ', seq, ' golden hour at the beach #sun'), "
         "CONCAT('2026/11/20/', seq, '.jpg'), seq % 997, seq % 613, "
         "TIMESTAMP('2026-11-20') + INTERVAL (seq % 86400) SECOND, "
         f"TIMESTAMP('2026-11-20') + INTERVAL (seq % 86400) SECOND FROM seq_1_to_{int(rows)}"
@@ -49,9 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         populate(admin, args.rows)
         print(f"populated {args.rows} rows in {time.perf_counter() - t0:.1f}s")
-        window = Window(
-            datetime(2026, 11, 20, tzinfo=timezone.utc), datetime(2026, 11, 21, tzinfo=timezone.utc)
-        )
+        window = Window(datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 21, tzinfo=UTC))
         sql = (
             f"SELECT {', '.join(POSTS_COLUMNS)} FROM posts "
             "WHERE updated_at >= '2026-11-20' AND updated_at < '2026-11-21'"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -198,81 +199,77 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
         lake.writer(DATASET_QUARANTINE, ds, QUARANTINE_SCHEMA) as quar_w,
     ):
         for batch in lake.iter_batches(DATASET_RAW, ds, settings.extract_chunk_rows):
+            n = batch.num_rows
             df = batch.to_pandas(types_mapper=pd.ArrowDtype)
-            df.index = pd.RangeIndex(offset, offset + len(df))
-            offset += len(df)
-            stats.rows_in += len(df)
-            reason = pd.Series(pd.NA, index=df.index, dtype="object")
-            message = pd.Series("", index=df.index, dtype="object")
+            df.index = pd.RangeIndex(offset, offset + n)
+            stats.rows_in += n
+            # one reason and message per row, by position in this batch
+            reason = np.full(n, None, dtype=object)
+            message = np.full(n, "", dtype=object)
 
-            dup = df.index.isin(list(superseded)) if superseded else None
-            if dup is not None and dup.any():
+            if superseded:
+                dup = np.isin(np.arange(offset, offset + n), list(superseded))
                 reason[dup] = Reason.DUPLICATE_SUPERSEDED.value
                 message[dup] = "a newer version of this post id is in the same window"
+            offset += n
 
-            todo = reason.isna()
+            todo = _pending(reason)
             outcome = validate_posts(
-                _plain(df[todo]),
+                df.iloc[todo],
                 _naive(window.start),
                 _naive(window.end),
                 _naive(now),
                 chunk_settings,
             )
             if len(outcome.row_reasons):
-                idx = outcome.row_reasons.index
-                reason[idx] = outcome.row_reasons["reason"].astype(str)
-                message[idx] = outcome.row_reasons["message"].astype(str)
+                pos = outcome.row_reasons.index.to_numpy(dtype=np.int64) - (offset - n)
+                reason[pos] = outcome.row_reasons["reason"].astype(str).to_numpy()
+                message[pos] = outcome.row_reasons["message"].astype(str).to_numpy()
             stats.batch_errors += [c.message for c in outcome.errors]
             stats.batch_warnings += [c.message for c in outcome.warnings]
             results.append(outcome.result_json)
 
-            todo = reason.isna()
-            captions = df["caption"].astype("object").where(df["caption"].notna(), None)
-            cleaned = sanitize_captions(captions[todo])
-            empty = cleaned.isna() | (cleaned.astype("object").fillna("").str.len() == 0)
-            empty_idx = cleaned.index[empty.to_numpy(dtype=bool)]
-            reason[empty_idx] = Reason.CAPTION_EMPTY.value
-            message[empty_idx] = "caption is empty after removing whitespace and control characters"
-
-            todo = reason.isna()
-            todo_idx = df.index[todo.to_numpy(dtype=bool)]
-            uris = (
-                df.loc[todo_idx, "image_uri"]
-                .astype("object")
-                .where(df.loc[todo_idx, "image_uri"].notna(), None)
+            todo = _pending(reason)
+            cleaned = sanitize_captions(df["caption"].iloc[todo]).astype("object").to_numpy()
+            empty = np.array([c is None or c is pd.NA or c == "" for c in cleaned], dtype=bool)
+            reason[todo[empty]] = Reason.CAPTION_EMPTY.value
+            message[todo[empty]] = (
+                "caption is empty after removing whitespace and control characters"
             )
-            images = check_uris(list(uris), settings)
-            info = {
-                k: [] for k in ("image_format", "image_width", "image_height", "exif_orientation")
-            }
-            for i, res in zip(todo_idx, images, strict=True):
+            caption_of = dict(zip(todo.tolist(), cleaned.tolist(), strict=True))
+
+            todo = _pending(reason)
+            uris = batch.column("image_uri").take(pa.array(todo, pa.int64())).to_pylist()
+            images = dict(zip(todo.tolist(), check_uris(uris, settings), strict=True))
+            for p, res in images.items():
                 if res.reason is not None:
-                    reason[i] = Reason(res.reason).value
-                    message[i] = res.message
-                info["image_format"].append(res.format)
-                info["image_width"].append(res.width)
-                info["image_height"].append(res.height)
-                info["exif_orientation"].append(res.exif_orientation)
+                    reason[p] = Reason(res.reason).value
+                    message[p] = res.message
 
-            ok_idx = [i for i in todo_idx if pd.isna(reason[i])]
-            ok_pos = [j for j, i in enumerate(todo_idx) if pd.isna(reason[i])]
-            clean_df = _plain(df.loc[ok_idx])
-            clean_df["caption"] = cleaned.loc[ok_idx].astype("object")
-            for col, values in info.items():
-                clean_df[col] = [values[j] for j in ok_pos]
-            clean_w.write(pa.Table.from_pandas(clean_df, schema=CLEAN_SCHEMA, preserve_index=False))
-            stats.clean += len(clean_df)
-
-            bad = reason.notna()
-            if bad.any():
-                q = _plain(df[bad.to_numpy(dtype=bool)])
-                q["reason"] = reason[bad].astype(str).to_numpy()
-                q["message"] = message[bad].astype(str).to_numpy()
-                quar_w.write(
-                    pa.Table.from_pandas(q, schema=QUARANTINE_SCHEMA, preserve_index=False)
+            ok = _pending(reason)
+            clean_t = batch.take(pa.array(ok, pa.int64()))
+            clean_t = clean_t.set_column(
+                clean_t.schema.get_field_index("caption"),
+                "caption",
+                pa.array([caption_of[p] for p in ok], pa.large_string()),
+            )
+            for col in ("format", "width", "height", "exif_orientation"):
+                name = col if col == "exif_orientation" else f"image_{col}"
+                values = [getattr(images[p], col) for p in ok]
+                clean_t = clean_t.append_column(
+                    name, pa.array(values, CLEAN_SCHEMA.field(name).type)
                 )
-                stats.reasons.update(q["reason"].tolist())
-            progress.add(len(df))
+            clean_w.write(clean_t)
+            stats.clean += clean_t.num_rows
+
+            bad = np.flatnonzero(np.array([r is not None for r in reason], dtype=bool))
+            if len(bad):
+                q = batch.take(pa.array(bad, pa.int64()))
+                q = q.append_column("reason", pa.array(reason[bad].tolist(), pa.string()))
+                q = q.append_column("message", pa.array(message[bad].tolist(), pa.string()))
+                quar_w.write(q)
+                stats.reasons.update(reason[bad].tolist())
+            progress.add(n)
 
         if stats.rows_in < settings.min_rows_error:
             stats.batch_errors.append(
@@ -331,20 +328,9 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
     return summary
 
 
-def _plain(df):
-    """Arrow-backed frame → numpy/object dtypes, which pandas-based validators handle best."""
-    import pandas as pd
-
-    out = pd.DataFrame(index=df.index)
-    for name in df.columns:
-        col = df[name]
-        if name in ("created_at", "updated_at"):
-            out[name] = pd.to_datetime(col.astype("object"), errors="coerce")
-        elif name in ("id", "author_id", "hearts", "comment_count"):
-            out[name] = col.astype("Int64")
-        else:
-            out[name] = col.astype("object").where(col.notna(), None)
-    return out
+def _pending(reason: np.ndarray) -> np.ndarray:
+    """Positions of rows with no reason yet: each check only sees rows still in the running."""
+    return np.flatnonzero(np.array([r is None for r in reason], dtype=bool))
 
 
 # -- reconcile ------------------------------------------------------------------------------------

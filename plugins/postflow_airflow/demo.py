@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--end",
         type=date.fromisoformat,
-        default=datetime.now(timezone.utc).date(),
+        default=datetime.now(UTC).date(),
         help="exclusive end day (default: today UTC, so the last day shown is yesterday)",
     )
     parser.add_argument("--seed", type=int, default=7)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for day in days:
         # A manual run with logical date D+1 reads the complete day D (see dags/posts_etl.py).
-        logical = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+        logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
         print(f"posts_etl for {day} ...", flush=True)
         run = dag.test(logical_date=logical)
         if str(run.state) != "success":

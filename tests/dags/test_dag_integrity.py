@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -63,7 +63,7 @@ def test_dag_configured_on_purpose(dagbag, path):
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_parse_is_light_and_offline(path):
-    """Import the file in a fresh interpreter: no heavy module loaded, no DB or connection touched."""
+    """Import the file in a fresh interpreter: no heavy module, no DB or connection touched."""
     code = f"""
 import json, runpy, sys
 runpy.run_path({str(path)!r})
@@ -92,7 +92,7 @@ def test_posts_etl_reads_whole_utc_days(dagbag):
 
     dag = dagbag.dags["posts_etl"]
     timetable = coerce_to_core_timetable(dag.timetable)
-    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
     info = timetable.next_dagrun_info(
         last_automated_data_interval=DataInterval(start - timedelta(days=1), start),
         restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=True),

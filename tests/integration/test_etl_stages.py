@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +20,7 @@ from ml.lake import Lake
 
 pytestmark = pytest.mark.integration
 
-DAY = datetime(2026, 11, 20, tzinfo=timezone.utc)
+DAY = datetime(2026, 11, 20, tzinfo=UTC)
 WINDOW = Window(DAY, DAY + timedelta(days=1))
 COLS = "id, author_id, caption, image_uri, hearts, comment_count, created_at, updated_at"
 
@@ -32,7 +32,7 @@ def jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
 
 
 def naive(ts: datetime) -> datetime:
-    return ts.astimezone(timezone.utc).replace(tzinfo=None)
+    return ts.astimezone(UTC).replace(tzinfo=None)
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_every_row_lands_once_with_a_reason(settings, fresh_mysql_db, images):
             row(7, t, image_uri="text.jpg"),
             row(8, t, image_uri="trunc.jpg"),
             row(9, t, image_uri="http://example.com/a.jpg"),
-            row(10, t, created=datetime(2099, 1, 1, tzinfo=timezone.utc)),
+            row(10, t, created=datetime(2099, 1, 1, tzinfo=UTC)),
             row(11, t, hearts=-5, image_uri="missing.jpg"),  # two problems: the count wins
             row(12, t, hearts=0),  # no hearts is fine for data quality (training filters it)
         ],
@@ -250,7 +250,7 @@ def test_lake_and_images_on_s3(tmp_path, fresh_mysql_db, s3_server):
     assert (summary["clean"], summary["quarantined"]) == (2, 1)
     assert summary["clean_uri"] == f"s3://{bucket}/lake/posts_clean/ds=2026-11-20"
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="lake/")["Contents"]}
-    assert f"lake/posts_clean/ds=2026-11-20/_manifest.json" in keys
+    assert "lake/posts_clean/ds=2026-11-20/_manifest.json" in keys
     assert any(k.startswith("lake/quarantine/ds=2026-11-20/part-") for k in keys)
     lake = Lake.from_settings(settings)
     assert lake.read_partition("quarantine", DAY).column("reason").to_pylist() == ["image_missing"]

@@ -1,8 +1,8 @@
-"""`posts_etl` through real Airflow (`dag.test()`) on a day of demo data, read-only MySQL account."""
+"""`posts_etl` through real Airflow (`dag.test()`) on demo data, with a read-only MySQL account."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,18 +17,18 @@ DAY = date(2026, 11, 20)
 
 # demo_data's planted bad kinds → the reason the ETL must record for them
 EXPECTED_REASON = {
-    "corrupt_jpeg": "image_corrupt",
-    "truncated_jpeg": "image_corrupt",
-    "zero_byte": "image_empty",
-    "missing_file": "image_missing",
-    "non_image": "image_not_an_image",
-    "null_caption": "caption_null",
-    "empty_caption": "caption_empty",
-    "whitespace_caption": "caption_empty",
-    "negative_hearts": "count_negative",
-    "negative_comments": "count_negative",
-    "future_created_at": "timestamp_in_future",
-    "unsupported_uri": "image_uri_invalid",
+    "image_corrupt": "image_corrupt",
+    "image_truncated": "image_corrupt",
+    "image_empty": "image_empty",
+    "image_missing": "image_missing",
+    "image_not_an_image": "image_not_an_image",
+    "image_uri_unsupported": "image_uri_invalid",
+    "caption_null": "caption_null",
+    "caption_empty": "caption_empty",
+    "caption_blank": "caption_empty",
+    "hearts_negative": "count_negative",
+    "comment_count_negative": "count_negative",
+    "created_at_future": "timestamp_in_future",
 }
 
 
@@ -47,7 +47,7 @@ def demo(mysql_db, tmp_path_factory):
         }
     )
     truth = generate(
-        settings, posts=400, days=2, end=DAY + timedelta(days=1), seed=11, replace=True
+        settings, posts=400, days=1, end=DAY + timedelta(days=1), seed=11, replace=True
     )
     return settings, truth
 
@@ -68,7 +68,7 @@ def run_day(day: date):
 
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["posts_etl"]
     # A manual run with logical date D+1 reads the complete day D.
-    logical = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+    logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
     return dag.test(logical_date=logical)
 
 
@@ -116,5 +116,5 @@ def test_posts_etl_emits_posts_clean_asset_event(airflow_env, demo):
             for e in session.query(AssetEvent).all()
             if e.source_dag_id == "posts_etl" and e.source_run_id == run.run_id
         ]
-    assert [e.source_task_id for e in events] == ["reconcile_posts"]
-    assert events[0].asset.name == "posts_clean"
+        assert [e.source_task_id for e in events] == ["reconcile_posts"]
+        assert events[0].asset.name == "posts_clean"
