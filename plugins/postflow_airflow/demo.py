@@ -47,7 +47,7 @@ def _reader_account(admin) -> object:
     conn = admin.connect()
     try:
         cur = conn.cursor()
-        for host in ("127.0.0.1", "localhost", "%"):
+        for host in ("127.0.0.1", "localhost"):
             cur.execute(
                 f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY %s", (password,)
             )
