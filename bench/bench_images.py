@@ -99,11 +99,11 @@ def captions(n: int) -> list[str]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="number of 1080x1080 JPEGs")
     parser.add_argument("--captions", type=int, default=200_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_images_") as tmp:
         t = time.perf_counter()

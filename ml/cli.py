@@ -12,6 +12,9 @@ import sys
 STEPS: dict[str, tuple[str, str]] = {
     "demo-data": ("ml.demo_data", "generate demo posts into MySQL and photos into the image store"),
     "etl": ("ml.etl", "extract, validate, sanitise and write one window of posts to the lake"),
+    "embed": ("ml.features", "image (ResNet50) and caption (MiniLM) features of one day"),
+    "tune-bins": ("ml.labels", "propose comment-count bin edges from a window's histogram"),
+    "train": ("ml.train", "train the engagement classifier and its baselines on a window"),
 }
 
 
