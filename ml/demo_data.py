@@ -646,7 +646,9 @@ def write_images(posts: Posts, store: ImageStore, seed: int, workers: int) -> di
     else:
         import multiprocessing as mp
 
-        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+        # spawn, not fork: forking a process that already runs threads (Airflow, a test runner,
+        # boto3) can copy a held lock into the child and hang the pool forever.
+        ctx = mp.get_context("spawn")
         with ctx.Pool(workers, initializer=_init_worker, initargs=(store,)) as pool:
             chunk = max(16, min(256, len(jobs) // (workers * 8)))
             for nbytes in pool.imap_unordered(_write_one, jobs, chunksize=chunk):
