@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ml.config import ConfigError, Settings, redact_uri
+from ml.progress import Progress
 from ml.reasons import Reason
 from ml.source import POSTS_COLUMNS, MySQLTarget, SourceError, create_schema, with_retries
 
@@ -610,23 +611,6 @@ def _write_one(job: tuple) -> int:
         raise DemoDataError(f"cannot write image {key!r} to {store.root!r}: {exc}") from None
 
 
-class _Progress:
-    """A log line with the rate every few seconds, for runs large enough to wait on."""
-
-    def __init__(self, what: str, total: int, every: float = 5.0) -> None:
-        self.what, self.total, self.every = what, total, every
-        self.done = 0
-        self.t0 = self.last = time.monotonic()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= self.every or (self.done >= self.total and self.total >= 5_000):
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            log.info("%s: %d/%d (%.0f/s)", self.what, self.done, self.total, rate)
-
-
 def write_images(posts: Posts, store: ImageStore, seed: int, workers: int) -> dict[str, Any]:
     """Render and store all photos, in a process pool when there are enough of them."""
     jobs = [
@@ -636,7 +620,7 @@ def write_images(posts: Posts, store: ImageStore, seed: int, workers: int) -> di
         if posts.keys[i] is not None
     ]  # fmt: skip
     t0 = time.monotonic()
-    progress = _Progress("images", len(jobs))
+    progress = Progress("images", len(jobs), unit="images")
     total = 0
     if workers <= 1 or len(jobs) < 200:
         _init_worker(store)
@@ -654,6 +638,7 @@ def write_images(posts: Posts, store: ImageStore, seed: int, workers: int) -> di
             for nbytes in pool.imap_unordered(_write_one, jobs, chunksize=chunk):
                 total += nbytes
                 progress.add(1)
+    progress.add(0, force=len(jobs) >= 5_000)  # a closing line for runs worth waiting on
     seconds = time.monotonic() - t0
     return {
         "images": len(jobs),
@@ -697,7 +682,7 @@ def insert_posts(target: MySQLTarget, posts: Posts, batch: int = INSERT_BATCH) -
     cols = ", ".join(POSTS_COLUMNS)
     sql = f"INSERT INTO posts ({cols}) VALUES ({', '.join(['%s'] * len(POSTS_COLUMNS))})"
     n = len(posts.ids)
-    progress = _Progress("rows", n)
+    progress = Progress("rows", n)
     conn = target.connect()
     try:
         cur = conn.cursor()
@@ -711,6 +696,7 @@ def insert_posts(target: MySQLTarget, posts: Posts, batch: int = INSERT_BATCH) -
             with_retries(lambda rows=rows: cur.executemany(sql, rows), what="insert demo posts")
             progress.add(len(rows))
         conn.commit()
+        progress.add(0, force=n >= 5_000)
     finally:
         conn.close()
 

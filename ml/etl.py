@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from ml.config import ConfigError, Settings
 from ml.lake import Lake, LakeError, ds_str
+from ml.progress import Progress
 from ml.reasons import Reason
 from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN, DATASET_QUARANTINE, QUARANTINE_SCHEMA
 from ml.source import RAW_SCHEMA, MySQLTarget, SourceError, extract_window
@@ -54,43 +55,9 @@ class Window:
     def ds(self) -> str:
         return ds_str(self.start)
 
-    @classmethod
-    def of_day(cls, day: date | str) -> Window:
-        d = date.fromisoformat(day) if isinstance(day, str) else day
-        start = datetime(d.year, d.month, d.day, tzinfo=UTC)
-        return cls(start, start + timedelta(days=1))
-
 
 def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-def _naive(ts: datetime) -> datetime:
-    return _utc(ts).replace(tzinfo=None)
-
-
-class Progress:
-    """Log lines with rows/s and ETA at most every `every` seconds: long days show they move."""
-
-    def __init__(self, what: str, total: int | None, every: float = 5.0) -> None:
-        self.what, self.total, self.every = what, total, every
-        self.t0 = self.last = time.monotonic()
-        self.done = 0
-
-    def add(self, n: int, force: bool = False) -> None:
-        self.done += n
-        now = time.monotonic()
-        if force or now - self.last >= self.every:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = ""
-            if self.total:
-                eta = f", ETA {max(self.total - self.done, 0) / max(rate, 1e-9):.0f}s"
-                log.info(
-                    "%s: %d/%d rows, %.0f rows/s%s", self.what, self.done, self.total, rate, eta
-                )
-            else:
-                log.info("%s: %d rows, %.0f rows/s", self.what, self.done, rate)
 
 
 # -- extract --------------------------------------------------------------------------------------
@@ -216,9 +183,9 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
             todo = _pending(reason)
             outcome = validate_posts(
                 df.iloc[todo],
-                _naive(window.start),
-                _naive(window.end),
-                _naive(now),
+                window.start,
+                window.end,
+                now,
                 chunk_settings,
             )
             if len(outcome.row_reasons):

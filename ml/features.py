@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from ml.labels import SHARD_SALT, hash_buckets
+from ml.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -478,29 +479,6 @@ class EmbedOptions:
     extra_cache_sources: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _Progress:
-    def __init__(self, total: int, every_s: float, label: str) -> None:
-        self.total, self.every_s, self.label = total, every_s, label
-        self.done, self.t0 = 0, time.monotonic()
-        self.last = self.t0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info(
-                "%s: %d/%d posts, %.1f posts/s, ETA %s",
-                self.label,
-                self.done,
-                self.total,
-                rate,
-                time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 1e6 else "?",
-            )
-
-
 def _vectors(arr: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -620,7 +598,7 @@ def embed_partition(
         prefetch_factor=4 if opts.workers else None,
         pin_memory=False,  # items are dataclasses; device copies happen per batch
     )
-    progress = _Progress(len(ids), opts.progress_every_s, label)
+    progress = Progress(label, len(ids), opts.progress_every_s, unit="posts")
     skipped: list[dict[str, Any]] = []
     hits: dict[tuple[str, str], dict[int, str]] = {}
     computed = 0
@@ -665,7 +643,7 @@ def embed_partition(
                         )
                     )
                     computed += len(todo)
-                progress.update(len(batch))
+                progress.add(len(batch))
         finally:
             text_pool.shutdown(wait=True)
 

@@ -181,7 +181,7 @@ def bind(sql: str, params: tuple[Any, ...]) -> str:
     return sql % tuple(literals)
 
 
-def _naive_utc(ts: datetime) -> datetime:
+def naive_utc(ts: datetime) -> datetime:
     """MySQL DATETIME holds naive UTC in this table; accept aware datetimes too."""
     if ts.tzinfo is not None:
         ts = ts.astimezone(UTC).replace(tzinfo=None)
@@ -203,7 +203,7 @@ def window_stats(target: MySQLTarget, start: datetime, end: datetime) -> WindowS
             lambda: cur.execute(
                 "SELECT COUNT(*), MIN(id), MAX(id) FROM posts "
                 "WHERE updated_at >= %s AND updated_at < %s",
-                (_naive_utc(start), _naive_utc(end)),
+                (naive_utc(start), naive_utc(end)),
             ),
             what="count the posts of the window",
         )
@@ -228,7 +228,7 @@ def extract_window(
     """
     import connectorx as cx
 
-    start, end = _naive_utc(start), _naive_utc(end)
+    start, end = naive_utc(start), naive_utc(end)
     stats = window_stats(target, start, end)
     if stats.rows == 0:
         return

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ml.config import Settings
 from ml.reasons import PRECEDENCE, Reason
+from ml.source import naive_utc
 
 if TYPE_CHECKING:
     from great_expectations import ExpectationSuite
@@ -272,7 +273,7 @@ def validate_posts(
     `settings.min_rows_error` (a day of several chunks checks its total elsewhere and passes 0).
     """
     t0 = time.perf_counter()
-    start, end, now = _naive_utc(window_start), _naive_utc(window_end), _naive_utc(now)
+    start, end, now = naive_utc(window_start), naive_utc(window_end), naive_utc(now)
     if start >= end:
         raise ValueError(f"empty window [{start}, {end})")
     params = {
@@ -340,13 +341,6 @@ def validate_posts(
         row_positions=positions,
         seconds=time.perf_counter() - t0,
     )
-
-
-def _naive_utc(ts: datetime) -> datetime:
-    ts = pd.Timestamp(ts)
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return ts.to_pydatetime()
 
 
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:

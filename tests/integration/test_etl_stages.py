@@ -263,6 +263,16 @@ def test_lake_and_images_on_s3(tmp_path, fresh_mysql_db, s3_server):
     assert len([k for k in keys if k.endswith(".parquet")]) == 1
 
 
+def run_etl_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ml", "etl", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
 def test_cli_prints_json_summary(settings, fresh_mysql_db):
     insert(fresh_mysql_db, [row(1, DAY + timedelta(hours=1)), row(2, DAY + timedelta(hours=2))])
     env = {
@@ -271,12 +281,7 @@ def test_cli_prints_json_summary(settings, fresh_mysql_db):
         "POSTFLOW_LAKE": settings.lake,
         "POSTFLOW_IMAGE_ROOT": settings.image_root,
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "ml", "etl", "--start", "2026-11-20", "--end", "2026-11-21"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    out = run_etl_cli(env, "--start", "2026-11-20", "--end", "2026-11-21")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert (summary["ds"], summary["rows_in"], summary["clean"]) == ("2026-11-20", 2, 2)
@@ -288,13 +293,7 @@ def test_cli_misconfigured_database_is_one_clear_line(tmp_path):
         "POSTFLOW_MYSQL_URI": "mysql://nobody:wrong@127.0.0.1:1/none",
         "POSTFLOW_LAKE": str(tmp_path / "lake"),
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "ml", "etl", "--start", "2026-11-20"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    out = run_etl_cli(env, "--start", "2026-11-20")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "POSTFLOW_MYSQL_URI" in out.stderr and "wrong" not in out.stderr
@@ -306,13 +305,7 @@ def test_cli_unsupported_lake_is_one_clear_line(fresh_mysql_db):
         "POSTFLOW_MYSQL_URI": fresh_mysql_db.reader.uri(),
         "POSTFLOW_LAKE": "ftp://somewhere/lake",
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "ml", "etl", "--start", "2026-11-20"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    out = run_etl_cli(env, "--start", "2026-11-20")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "unsupported lake root" in out.stderr
 

@@ -1,0 +1,42 @@
+"""Progress of long work as log lines (count, rate, ETA) at most every few seconds.
+
+Log lines rather than a bar: they read the same in an Airflow task log, a pod log and a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("ml.progress")
+
+
+class Progress:
+    def __init__(
+        self, what: str, total: int | None = None, every: float = 5.0, unit: str = "rows"
+    ) -> None:
+        self.what, self.total, self.every, self.unit = what, total, every, unit
+        self.t0 = self.last = time.monotonic()
+        self.done = 0
+
+    def add(self, n: int, force: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if not (force or now - self.last >= self.every):
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        if self.total:
+            eta = max(self.total - self.done, 0) / max(rate, 1e-9)
+            log.info(
+                "%s: %d/%d %s, %.0f %s/s, ETA %.0fs",
+                self.what,
+                self.done,
+                self.total,
+                self.unit,
+                rate,
+                self.unit,
+                eta,
+            )
+        else:
+            log.info("%s: %d %s, %.0f %s/s", self.what, self.done, self.unit, rate, self.unit)
