@@ -21,15 +21,21 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
 
 install: $(STAMP)
 
+# The tests also look at HTML (report, Airflow grid) in headless Chromium.
+TEST_STAMP := $(VENV)/.postflow-test-deps
+$(TEST_STAMP): $(STAMP) scripts/system-deps.sh
+	./scripts/system-deps.sh chromium
+	@touch $@
+
 demo: install
 	$(BIN)/python -m postflow_airflow.demo $(DEMO_ARGS)
 
-test: install
+test: install $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install $(TEST_STAMP)
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: install

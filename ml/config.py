@@ -47,8 +47,41 @@ class Settings:
     # batch-level warnings when more than this fraction of rows is quarantined
     max_quarantine_fraction_warn: float = 0.2
     max_quarantine_fraction_error: float = 0.9
-    # tracking
-    mlflow_uri: str = str(DEFAULT_STATE_DIR / "mlruns")
+    # tracking and registry (MLflow)
+    mlflow_uri: str = "sqlite:///" + str(DEFAULT_STATE_DIR / "mlflow.db")
+    mlflow_experiment: str = "post-engagement"
+    mlflow_ui_url: str = ""  # link target for the Airflow extra link; "" = derived from mlflow_uri
+    registered_model: str = "post-engagement"
+    # promotion gate: challenger macro-F1 >= champion macro-F1 + margin, no class recall drop
+    # larger than max_recall_drop (absolute), and an absolute floor for the first model
+    promotion_margin: float = 0.0
+    max_recall_drop: float = 0.15
+    min_macro_f1: float = 0.0
+    # training data
+    train_window_days: int = 28
+    label_age_days: int = 7
+    # embedding: imagenet (torchvision cache) | none (random init, tests/demo) | /path/to/weights
+    image_weights: str = "imagenet"
+    text_model: str = ""  # sentence-transformers dir; "" = the packaged all-MiniLM-L6-v2
+    embed_shards: int = 2
+    device: str = "auto"
+    # step runner: local (subprocess) | kubernetes (KubernetesPodOperator)
+    step_runner: str = "local"
+    k8s_namespace: str = "postflow"
+    k8s_image: str = "postflow-ml:0.1.0"
+    k8s_service_account: str = "postflow-ml"
+    k8s_secret: str = "postflow-ml"  # Secret with MySQL/S3/MLflow credentials, as env
+    k8s_gpus: int = 1
+    k8s_node_selector: str = "nvidia.com/gpu.present=true"  # k=v[,k=v]
+    k8s_tolerations: str = "nvidia.com/gpu=present:NoSchedule"  # key[=value]:effect[,...]
+    # weekly report
+    report_recipients: str = "ml-team@example.com"  # comma-separated
+    report_sender: str = "postflow@example.com"
+    report_weeks: int = 12
+    report_link_expiry_s: int = 7 * 24 * 3600
+    drift_psi_threshold: float = 0.2
+    # failure notifications (comma-separated; "" = report_recipients)
+    alert_recipients: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

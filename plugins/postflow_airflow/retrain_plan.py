@@ -1,0 +1,80 @@
+"""What one `retrain` run does: which days to embed, over how many shards, and the training window.
+
+Kept apart from the DAG file so it is unit-tested without a scheduler, and from `ml` because it
+reads Airflow's context (asset events, params).
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ml.config import Settings
+
+POSTS_CLEAN_NAME = "posts_clean"
+
+
+def days_from_context(context: dict[str, Any]) -> list[str]:
+    """Days named by the `posts_clean` events that triggered the run, else the `days` param.
+
+    A backfill of three days of `posts_etl` yields three events (queued into one or more runs):
+    each carries its day in `extra["ds"]`, so every reconciled day is embedded exactly once.
+    """
+    days: set[str] = set()
+    events = context.get("triggering_asset_events") or {}
+    for key, evs in events.items():
+        name = getattr(key, "name", key)
+        if name != POSTS_CLEAN_NAME and not str(name).endswith(POSTS_CLEAN_NAME):
+            continue
+        for ev in evs:
+            ds = (getattr(ev, "extra", None) or {}).get("ds")
+            if ds:
+                days.add(str(ds))
+    params = context.get("params") or {}
+    days |= {str(d) for d in params.get("days") or []}
+    for d in days:
+        try:
+            date.fromisoformat(d)
+        except ValueError as exc:
+            raise ValueError(f"retrain: {d!r} is not a day (YYYY-MM-DD): {exc}") from None
+    if not days:
+        raise ValueError(
+            "retrain has no day to work on: trigger it with params {'days': ['YYYY-MM-DD']} "
+            "or let a posts_etl run (its posts_clean event) start it"
+        )
+    return sorted(days)
+
+
+def plan_retrain(days: list[str], settings: Settings) -> dict[str, Any]:
+    """Argument lists of every `python -m ml` step of the run (XCom-sized: strings only)."""
+    shards = max(1, settings.embed_shards)
+    embed_common = ["--image-weights", settings.image_weights, "--device", settings.device]
+    if settings.text_model:
+        embed_common += ["--text-model", settings.text_model]
+    embed = [
+        ["--ds", d, "--shard", f"{i}/{shards}", *embed_common] for d in days for i in range(shards)
+    ]
+    # Always shard (1/1 included) and merge: one path, and `features/ds` only ever appears whole.
+    merge = [["--ds", d, "--merge-shards", str(shards)] for d in days]
+    end = max(days)
+    start = (date.fromisoformat(end) - timedelta(days=settings.train_window_days - 1)).isoformat()
+    train = [
+        "--start",
+        start,
+        "--end",
+        end,
+        "--ds",
+        end,
+        "--label-age-days",
+        str(settings.label_age_days),
+        "--device",
+        settings.device,
+    ]
+    return {
+        "days": days,
+        "embed": embed,
+        "merge": merge,
+        "train": train,
+        "window": [start, end],
+    }

@@ -1,0 +1,71 @@
+"""The retrain plan: which days a run embeds and the exact step arguments it hands to the pods."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk import Asset
+from postflow_airflow.assets import POSTS_CLEAN
+from postflow_airflow.retrain_plan import days_from_context, plan_retrain
+
+from ml.config import Settings
+
+
+def _event(ds: str | None) -> SimpleNamespace:
+    return SimpleNamespace(extra={"ds": ds} if ds else {})
+
+
+def test_days_come_from_every_triggering_posts_clean_event():
+    # Airflow's accessor iterates as Asset keys (TriggeringAssetEventsAccessor.__iter__)
+    asset = POSTS_CLEAN
+    other = Asset(name="something_else", uri="postflow://lake/something_else")
+    ctx = {
+        "triggering_asset_events": {
+            asset: [_event("2026-11-03"), _event("2026-11-01"), _event("2026-11-03")],
+            other: [_event("2020-01-01")],
+        },
+        "params": {"days": []},
+    }
+    assert days_from_context(ctx) == ["2026-11-01", "2026-11-03"]
+
+
+def test_manual_trigger_names_its_days_and_bad_dates_fail_loudly():
+    assert days_from_context({"params": {"days": ["2026-11-02"]}}) == ["2026-11-02"]
+    with pytest.raises(ValueError, match="2026-13-01"):
+        days_from_context({"params": {"days": ["2026-13-01"]}})
+    with pytest.raises(ValueError, match="no day to work on"):
+        days_from_context({"params": {"days": []}, "triggering_asset_events": {}})
+
+
+def test_plan_shards_every_day_and_trains_on_the_window_ending_at_the_last_day():
+    settings = Settings.load(
+        {
+            "embed_shards": 2,
+            "image_weights": "none",
+            "device": "cpu",
+            "train_window_days": 7,
+            "label_age_days": 0,
+        },
+        environ={},
+    )
+    plan = plan_retrain(["2026-11-09", "2026-11-10"], settings)
+    assert plan["embed"] == [
+        ["--ds", d, "--shard", f"{i}/2", "--image-weights", "none", "--device", "cpu"]
+        for d in ("2026-11-09", "2026-11-10")
+        for i in range(2)
+    ]
+    assert plan["merge"] == [
+        ["--ds", "2026-11-09", "--merge-shards", "2"],
+        ["--ds", "2026-11-10", "--merge-shards", "2"],
+    ]
+    assert plan["window"] == ["2026-11-04", "2026-11-10"]
+    assert plan["train"][:4] == ["--start", "2026-11-04", "--end", "2026-11-10"]
+    assert plan["train"][plan["train"].index("--label-age-days") + 1] == "0"
+
+
+def test_one_shard_still_merges_so_features_appear_whole():
+    settings = Settings.load({"embed_shards": 1}, environ={})
+    plan = plan_retrain(["2026-11-10"], settings)
+    assert [a[3] for a in plan["embed"]] == ["0/1"]
+    assert plan["merge"] == [["--ds", "2026-11-10", "--merge-shards", "1"]]
