@@ -739,7 +739,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m ml embed", description="Embed photos and captions of one day of posts."
     )
-    p.add_argument("--ds", required=True, help="posts_clean partition date, YYYY-MM-DD")
+    p.add_argument(
+        "--ds", required=True, help="posts_clean partition date, YYYY-MM-DD (D1,D2,... to merge)"
+    )
     p.add_argument("--shard", type=parse_shard, help="i/N: embed only shard i of N")
     p.add_argument("--merge-shards", type=int, metavar="N", help="merge N committed shards")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
@@ -764,8 +766,9 @@ def main(argv: list[str]) -> int:
     settings = Settings.load()
     lake = Lake.from_settings(settings)
     if args.merge_shards:
-        summary = merge_shards(lake, args.ds, args.merge_shards)
-        print(json.dumps(summary))
+        # one call may merge several days (a backfill's): --ds D1,D2,...
+        summaries = [merge_shards(lake, d, args.merge_shards) for d in args.ds.split(",")]
+        print(json.dumps(summaries[0] if len(summaries) == 1 else {"days": summaries}))
         return 0
 
     import functools

@@ -56,7 +56,7 @@ def plan_retrain(days: list[str], settings: Settings) -> dict[str, Any]:
         ["--ds", d, "--shard", f"{i}/{shards}", *embed_common] for d in days for i in range(shards)
     ]
     # Always shard (1/1 included) and merge: one path, and `features/ds` only ever appears whole.
-    merge = [["--ds", d, "--merge-shards", str(shards)] for d in days]
+    merge = ["--ds", ",".join(days), "--merge-shards", str(shards)]
     end = max(days)
     start = (date.fromisoformat(end) - timedelta(days=settings.train_window_days - 1)).isoformat()
     train = [

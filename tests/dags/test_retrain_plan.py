@@ -55,10 +55,7 @@ def test_plan_shards_every_day_and_trains_on_the_window_ending_at_the_last_day()
         for d in ("2026-11-09", "2026-11-10")
         for i in range(2)
     ]
-    assert plan["merge"] == [
-        ["--ds", "2026-11-09", "--merge-shards", "2"],
-        ["--ds", "2026-11-10", "--merge-shards", "2"],
-    ]
+    assert plan["merge"] == ["--ds", "2026-11-09,2026-11-10", "--merge-shards", "2"]
     assert plan["window"] == ["2026-11-04", "2026-11-10"]
     assert plan["train"][:4] == ["--start", "2026-11-04", "--end", "2026-11-10"]
     assert plan["train"][plan["train"].index("--label-age-days") + 1] == "0"
@@ -68,4 +65,4 @@ def test_one_shard_still_merges_so_features_appear_whole():
     settings = Settings.load({"embed_shards": 1}, environ={})
     plan = plan_retrain(["2026-11-10"], settings)
     assert [a[3] for a in plan["embed"]] == ["0/1"]
-    assert plan["merge"] == [["--ds", "2026-11-10", "--merge-shards", "1"]]
+    assert plan["merge"] == ["--ds", "2026-11-10", "--merge-shards", "1"]

@@ -1,0 +1,89 @@
+"""
+### retrain — features for the new days, a new model, and a champion only when it is better
+
+Starts when `posts_etl` reconciles a day (the `posts_clean` asset; each event names its day, so a
+backfill of three days embeds those three). A manual trigger names its days instead:
+`{"days": ["2026-11-20"]}`.
+
+1. `plan_retrain` — the days, their shards and the training window (`train_window_days` ending
+   at the last day).
+2. `embed_posts` — one mapped task per (day, shard): `python -m ml embed --ds D --shard i/N`
+   in a GPU pod (`step_runner=kubernetes`) or a local subprocess (the default here). Posts whose
+   content already has features are not recomputed.
+3. `merge_features` — the shards of each day become `features/ds=D`.
+4. `train_model` — PCA + MLP and its baselines on the window; logged to MLflow and registered
+   as `post-engagement` alias `challenger`.
+5. `promote_model` — challenger and champion scored on the same test split; `champion` moves
+   only when the gate passes. Both scores and the decision are tags on the version.
+
+The MLflow run of a task is one click away: the task's "MLflow run" link.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+from postflow_airflow.assets import POSTS_CLEAN
+from postflow_airflow.notify import failure_notifier
+from postflow_airflow.steps import ml_step, ml_step_mapped
+
+
+@dag(
+    schedule=[POSTS_CLEAN],
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,  # asset events queue up; two trainings never race for the alias
+    doc_md=__doc__,
+    tags=["postflow", "ml"],
+    params={
+        "days": Param(
+            [],
+            type="array",
+            items={"type": "string", "format": "date"},
+            description="Days (YYYY-MM-DD) to embed and train up to, for a manual run.",
+        )
+    },
+    default_args={
+        "owner": "data-ml",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": failure_notifier(),
+    },
+)
+def retrain():
+    @task
+    def plan_retrain(**context) -> list[list[str]]:
+        """Days from the triggering posts_clean events (or params): one item per (day, shard);
+        the merge and train arguments and the window go to XCom under their own keys."""
+        from postflow_airflow import retrain_plan
+
+        from ml.config import Settings
+
+        plan = retrain_plan.plan_retrain(retrain_plan.days_from_context(context), Settings.load())
+        for key in ("days", "merge", "train", "window"):
+            context["ti"].xcom_push(key=key, value=plan[key])
+        return plan["embed"]
+
+    plan = plan_retrain()
+    embed = ml_step_mapped("embed_posts", "embed", plan)
+    merge = ml_step("merge_features", "embed", plan["merge"], gpu=False)
+    train = ml_step("train_model", "train", plan["train"])
+    promote = ml_step(
+        "promote_model",
+        "promote",
+        [
+            "--version",
+            "{{ ti.xcom_pull(task_ids='train_model')['version'] }}",
+            "--start",
+            "{{ ti.xcom_pull(task_ids='plan_retrain', key='window')[0] }}",
+            "--end",
+            "{{ ti.xcom_pull(task_ids='plan_retrain', key='window')[1] }}",
+        ],
+        gpu=False,
+    )
+    embed >> merge >> train >> promote
+
+
+retrain()
