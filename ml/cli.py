@@ -15,6 +15,8 @@ STEPS: dict[str, tuple[str, str]] = {
     "embed": ("ml.features", "image (ResNet50) and caption (MiniLM) features of one day"),
     "tune-bins": ("ml.labels", "propose comment-count bin edges from a window's histogram"),
     "train": ("ml.train", "train the engagement classifier and its baselines on a window"),
+    "report": ("ml.report", "build, archive, log and email the weekly model report of a week"),
+    "promote": ("ml.registry", "promote a registered model version to champion if it passes"),
 }
 
 

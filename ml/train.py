@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -562,25 +563,58 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m ml train", description=__doc__.splitlines()[0])
     p.add_argument("--start", required=True, help="first partition of the window (YYYY-MM-DD)")
     p.add_argument("--end", required=True, help="last partition of the window (YYYY-MM-DD)")
+    p.add_argument("--ds", default=None, help="logical date of the run (tagged on the MLflow run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--edges", default=",".join(map(str, DEFAULT_EDGES)), help="bin edges")
-    p.add_argument("--label-age-days", type=int, default=DEFAULT_LABEL_AGE_DAYS)
+    p.add_argument(
+        "--label-age-days", type=int, default=None, help="default: settings.label_age_days"
+    )
     p.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
     p.add_argument("--out", default=None, help="save the model here (model.npz + model.json)")
+    p.add_argument(
+        "--register",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="register the logged model as the `challenger` version (default: on)",
+    )
+    p.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
     args = p.parse_args(argv)
 
     from ml.config import Settings
     from ml.lake import Lake
 
-    lake = Lake.from_settings(Settings.load())
+    settings = Settings.load()
+    if not args.no_mlflow:
+        from ml.registry import RegistryError, check_tracking
+
+        try:  # before the training, not after it
+            check_tracking(settings)
+        except RegistryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    lake = Lake.from_settings(settings)
     edges = tuple(int(x) for x in args.edges.split(","))
-    data = load_dataset(lake, args.start, args.end, edges, args.label_age_days)
+    age = settings.label_age_days if args.label_age_days is None else args.label_age_days
+    data = load_dataset(lake, args.start, args.end, edges, age)
     cfg = TrainConfig(
         n_classes=len(edges), device=args.device, seed=args.seed, max_epochs=args.max_epochs
     )
     result = run_training(data, cfg)
     if args.out:
         result.model.save(args.out)
-    print(json.dumps(result.summary()))
+    out = result.summary()
+    if not args.no_mlflow:
+        from ml import registry
+
+        run_id = registry.log_training(result, settings, ds=args.ds, label_age_days=age)
+        client = registry.connect(settings)
+        exp_id = client.get_run(run_id).info.experiment_id
+        out |= {
+            "run_id": run_id,
+            "experiment_id": exp_id,
+            "run_url": registry.run_url(settings, exp_id, run_id),
+            "version": registry.register_challenger(run_id, settings) if args.register else None,
+        }
+    print(json.dumps(out))
     return 0

@@ -205,3 +205,155 @@ def airflow_db() -> Path:
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+
+
+class MlflowServer:
+    """A started `mlflow server`. Reading `uri` waits until it answers /health, so a test can
+    do other work (imports, data) while the server starts."""
+
+    def __init__(
+        self, port: int, proc: subprocess.Popen, log: Path, bucket: str, prefix: str, s3: S3Server
+    ) -> None:
+        self.port, self.proc, self.log = port, proc, log
+        self.bucket, self.prefix, self.s3 = bucket, prefix, s3
+        self._ready = False
+
+    @property
+    def uri(self) -> str:
+        self.wait()
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 180) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while not self._ready:
+            try:
+                url = f"http://127.0.0.1:{self.port}/health"
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    self._ready = resp.status == 200
+            except OSError:
+                pass
+            if not self._ready:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    tail = self.log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"mlflow server not healthy: {tail}")
+                time.sleep(0.2)
+
+    def artifact_keys(self) -> list[str]:
+        """Keys of every object the server stored in its S3 artifact destination."""
+        pages = self.s3.client().get_paginator("list_objects_v2")
+        return [
+            o["Key"]
+            for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix + "/")
+            for o in page.get("Contents", [])
+        ]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server: S3Server) -> Iterator[MlflowServer]:
+    """A real `mlflow server` (sqlite backend, one worker) on a free loopback port, proxying
+    artifacts to a moto S3 bucket. The default host/CORS checks already allow 127.0.0.1. Its
+    job runner (huey consumers, for GenAI jobs) is switched off: four more Python processes.
+    The server runs in a process group of its own, stopped as a whole (uvicorn is a child).
+    Yields as soon as it is started: `MlflowServer.uri` waits for /health."""
+    import signal
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no phoning home from tests
+    home = Path(tempfile.mkdtemp(prefix="postflow-mlflow-"))
+    bucket, prefix = s3_server.bucket(), "mlflow"
+    port = free_port()
+    env = os.environ.copy() | {
+        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{home}/mlflow.db",
+            "--artifacts-destination",
+            f"s3://{bucket}/{prefix}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield MlflowServer(port, proc, home / "server.log", bucket, prefix, s3_server)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+class SmtpServer:
+    """What a real SMTP server on loopback received: one dict per message, in arrival order,
+    with the envelope (`mail_from`, `rcpt_tos`) and the raw bytes (`data`)."""
+
+    def __init__(self, port: int, messages: list[dict]) -> None:
+        self.host, self.port, self.messages = "127.0.0.1", port, messages
+
+    def connection_json(self) -> str:
+        """An Airflow `smtp` connection (AIRFLOW_CONN_SMTP_DEFAULT): no TLS, no login."""
+        import json
+
+        extra = {"disable_ssl": True, "disable_tls": True, "timeout": 10, "retry_limit": 0}
+        return json.dumps(
+            {"conn_type": "smtp", "host": self.host, "port": self.port, "extra": extra}
+        )
+
+    def wait_for(self, n: int = 1, timeout: float = 10) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.messages)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """An aiosmtpd server on a free loopback port, collecting every message it accepts."""
+    from aiosmtpd.controller import Controller
+
+    messages: list[dict] = []
+
+    class Collect:
+        async def handle_DATA(self, server, session, envelope):
+            messages.append(
+                {
+                    "mail_from": envelope.mail_from,
+                    "rcpt_tos": list(envelope.rcpt_tos),
+                    "data": envelope.original_content or envelope.content,
+                }
+            )
+            return "250 Message accepted for delivery"
+
+    port = free_port()
+    controller = Controller(Collect(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield SmtpServer(port, messages)
+    finally:
+        controller.stop()

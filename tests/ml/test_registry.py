@@ -1,0 +1,325 @@
+"""MLflow tracking, registry and the promotion gate: `decide` on its own, then the whole path
+(`python -m ml train` -> run + version -> `python -m ml promote`) against a real `mlflow server`
+whose artifacts live in a moto S3 bucket."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from ml import registry as R
+from ml import train as T
+from ml.config import Settings
+from ml.labels import DEFAULT_EDGES
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread():
+    """One BLAS/torch thread: on 2 busy shared cores, OpenBLAS with 2 threads spins (a
+    351 x 2432 SVD took 5 s instead of 0.4 s here)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+# -- the gate, pure -----------------------------------------------------------------------------
+
+
+def m(f1: float, *recall: float | None) -> dict:
+    return {"macro_f1": f1, "per_class_recall": list(recall)}
+
+
+def test_first_model_passes_on_the_floor_only():
+    d = R.decide(m(0.30, 0.5, 0.1), None, margin=0.05, min_macro_f1=0.2, challenger_version=1)
+    assert d.promoted and "first model" in d.reason
+    assert d.champion_version is None and d.champion_macro_f1 is None
+    d = R.decide(m(0.10, 0.5, 0.1), None, min_macro_f1=0.2)
+    assert not d.promoted and "floor" in d.reason
+    d = R.decide(m(float("nan")), None)
+    assert not d.promoted and "undefined" in d.reason
+    assert d.to_dict()["challenger_macro_f1"] is None  # JSON-safe
+
+
+def test_margin_and_ties():
+    champ = m(0.40, 0.5, 0.5)
+    assert R.decide(m(0.40, 0.5, 0.5), champ, margin=0.0).promoted  # a tie passes at margin 0
+    assert not R.decide(m(0.40, 0.5, 0.5), champ, margin=0.01).promoted
+    d = R.decide(m(0.42, 0.5, 0.5), champ, margin=0.01, champion_version=3)
+    assert d.promoted and d.champion_version == 3 and d.champion_macro_f1 == 0.40
+    d = R.decide(m(0.39, 0.5, 0.5), champ)
+    assert not d.promoted and "< champion 0.4000" in d.reason
+
+
+def test_recall_collapse_of_one_class_rejects_a_better_model():
+    champ = m(0.40, 0.50, 0.40, None, 0.30)
+    # class 1 drops by 0.20 (> 0.15) although macro-F1 improved
+    d = R.decide(m(0.50, 0.90, 0.20, 0.9, 0.30), champ, max_recall_drop=0.15)
+    assert not d.promoted and "class 1 0.400->0.200" in d.reason
+    # exactly the allowed drop passes; classes absent from the rows are not compared
+    assert R.decide(m(0.50, 0.35, 0.25, None, 0.15), champ, max_recall_drop=0.15).promoted
+    d = R.decide(m(0.30, 0.0, 0.40, None, 0.30), champ, margin=0.0, min_macro_f1=0.35)
+    assert not d.promoted and d.reason.count(";") == 2  # floor, margin and recall all listed
+
+
+def test_names_for_tags_and_plots():
+    assert R.image_weights_tag(["resnet50:imagenet1k_v2"]) == "imagenet"
+    assert R.image_weights_tag(["resnet50:random-seed0"]) == "none"
+    assert R.image_weights_tag(["resnet50:imagenet1k_v2", "resnet50:random-seed0"]) == "none"
+    assert R.image_weights_tag(["resnet50:file-rn50.pth-0123456789ab"]) == "file:rn50.pth"
+    assert R.class_labels(DEFAULT_EDGES) == [
+        "0",
+        "1-2",
+        "3-9",
+        "10-29",
+        "30-99",
+        "100-299",
+        "300-599",
+        "600+",
+    ]
+    png = R.confusion_png(np.eye(8, dtype=int) * 3, R.class_labels(DEFAULT_EDGES), "t")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_import_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import ml.registry, sys; print(sorted({'mlflow', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unreachable_tracking_server_fails_fast_in_one_line(monkeypatch, capsys):
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(R.RegistryError, match="POSTFLOW_MLFLOW_URI") as exc:
+        R.check_tracking(Settings(mlflow_uri=url))
+    assert "\n" not in str(exc.value)
+    monkeypatch.setenv("POSTFLOW_MLFLOW_URI", url)
+    assert T.main(["--start", "2024-01-01", "--end", "2024-01-02"]) == 2  # before any training
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: MLflow tracking server") and "\n" not in err
+
+
+# -- the whole path on a real server ------------------------------------------------------------
+
+START, END = "2024-04-01", "2024-04-10"
+N_POSTS = 600
+
+
+def _write_lake(root) -> tuple[object, np.ndarray]:
+    """posts_clean + features for N_POSTS old posts over two days; features carry the class
+    (class means in a 16-d subspace, as in test_train). Returns (lake, features by post)."""
+    import pyarrow as pa
+
+    from ml.features import FEATURES_SCHEMA, features_table
+    from ml.lake import Lake
+    from ml.schema import CLEAN_SCHEMA
+
+    rng = np.random.default_rng(0)
+    priors = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
+    y = rng.choice(8, N_POSTS, p=priors)
+    basis = np.linalg.qr(rng.normal(size=(T.N_FEATURES, 16)))[0].T
+    means = rng.normal(size=(8, 16)) * 1.5
+    X = (
+        rng.normal(size=(N_POSTS, T.N_FEATURES)) * 0.5
+        + (means[y] + rng.normal(size=(N_POSTS, 16))) @ basis * 6
+    )
+    X = X.astype(np.float16).astype(np.float32)  # as stored in the lake
+    ids = np.arange(1, N_POSTS + 1) * 7 + 3
+    lake = Lake(str(root))
+    old = datetime(2024, 3, 1)
+    for ds, sl in ((START, slice(0, N_POSTS // 2)), (END, slice(N_POSTS // 2, N_POSTS))):
+        n = len(ids[sl])
+        rows = {
+            "id": ids[sl],
+            "author_id": [1] * n,
+            "caption": ["c"] * n,
+            "image_uri": ["x"] * n,
+            "hearts": [3] * n,
+            "comment_count": np.asarray(DEFAULT_EDGES)[y[sl]] + 0,
+            "created_at": [old] * n,
+            "updated_at": [old] * n,
+        }
+        cols = {f.name: rows.get(f.name, [None] * n) for f in CLEAN_SCHEMA}
+        with lake.writer("posts_clean", ds, CLEAN_SCHEMA) as w:
+            w.write(pa.table(cols, schema=CLEAN_SCHEMA))
+        with lake.writer("features", ds, FEATURES_SCHEMA) as w:
+            w.write(
+                features_table(
+                    ids[sl],
+                    [f"h{i}" for i in ids[sl]],
+                    X[sl, :2048],
+                    X[sl, 2048:],
+                    "resnet50:random-seed0",
+                    "all-MiniLM-L6-v2",
+                )
+            )
+    return lake, X
+
+
+@pytest.fixture(scope="module")
+def _world_cache() -> dict:
+    return {}
+
+
+@pytest.fixture
+def world(_world_cache, mlflow_server, tmp_path_factory, capsys):
+    """A lake, unique experiment/model names on the shared server, and the first model trained,
+    logged, registered and promoted through the two CLI steps (`python -m ml train`, `python
+    -m ml promote`). Built once per module; function-scoped only to read the CLIs' stdout."""
+    if _world_cache:
+        return _world_cache
+    tmp = tmp_path_factory.mktemp("registry")
+    lake, X = _write_lake(tmp / "lake")
+    import mlflow.pyfunc  # noqa: F401  (warm the heavy imports while the server starts)
+    import sklearn.linear_model  # noqa: F401
+    import torch.optim  # noqa: F401
+
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "POSTFLOW_LAKE": lake.root,
+        "POSTFLOW_MLFLOW_URI": mlflow_server.uri,
+        "POSTFLOW_MLFLOW_EXPERIMENT": f"post-engagement-{tag}",
+        "POSTFLOW_REGISTERED_MODEL": f"post-engagement-{tag}",
+    }
+    out_dir = tmp / "model"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        capsys.readouterr()
+        args = ["--start", START, "--end", END, "--ds", END, "--max-epochs", "25"]
+        assert T.main([*args, "--out", str(out_dir)]) == 0
+        stdout = capsys.readouterr().out.splitlines()
+        assert len(stdout) == 1, stdout  # one JSON line, nothing else (MLflow's links -> stderr)
+        trained = json.loads(stdout[0])
+        version = str(trained["version"])
+        assert R.main(["--version", version, "--start", START, "--end", END]) == 0
+        stdout = capsys.readouterr().out.splitlines()
+        assert len(stdout) == 1, stdout
+        settings = Settings.load()
+    _world_cache.update(
+        settings=settings,
+        lake=lake,
+        X=X,
+        trained=trained,
+        decision=json.loads(stdout[0]),
+        model=T.TrainedModel.load(out_dir),
+        server=mlflow_server,
+    )
+    return _world_cache
+
+
+@pytest.mark.integration
+def test_train_logs_a_complete_run(world):
+    s, trained = world["settings"], world["trained"]
+    client = R.connect(s)
+    run = client.get_run(trained["run_id"])
+    assert run.info.experiment_id == trained["experiment_id"] and run.info.status == "FINISHED"
+    assert trained["run_url"].endswith(
+        f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    )
+    p, mt, tags = run.data.params, run.data.metrics, run.data.tags
+    assert p["window_start"] == START and json.loads(p["edges"]) == list(DEFAULT_EDGES)
+    assert p["n_classes"] == "8" and p["label_age_days"] == "7" and p["seed"] == "0"
+    assert json.loads(p["image_models"]) == ["resnet50:random-seed0"]
+    for key in ("pca_dim", "hidden", "dropout", "lr", "weight_decay", "batch_size", "patience"):
+        assert key in p
+    for model in R.MODELS:
+        for split in ("val", "test"):
+            for metric in R.FINAL_METRICS:
+                assert f"{model}_{split}_{metric}" in mt
+    assert mt["mlp_test_macro_f1"] > mt["majority_test_macro_f1"] + 0.2
+    assert mt["rows"] == N_POSTS and mt["missing_features"] == 0
+    assert sum(mt[f"split_{s}_rows"] for s in ("train", "val", "test")) == N_POSTS
+    assert "mlp_test_recall_class_0" in mt and mt["best_epoch"] >= 0 and mt["train_seconds"] > 0
+    curve = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [x.step for x in curve] == list(range(trained["epochs"]))
+    assert tags["postflow.window"] == f"{START}..{END}" and tags["postflow.ds"] == END
+    assert tags["postflow.image_weights"] == "none" and tags["postflow.random_weights"] == "true"
+    assert tags["postflow.code_version"]
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"label_histogram.json", "metrics.json", "confusion_matrix.png"} <= names
+    hist = json.loads(
+        open(client.download_artifacts(run.info.run_id, "label_histogram.json")).read()
+    )
+    assert hist["edges"] == list(DEFAULT_EDGES) and sum(hist["test"]) == mt["split_test_rows"]
+
+    # version 1, alias challenger, key tags copied; the bytes are in the S3 bucket
+    name = s.registered_model
+    assert trained["version"] == 1
+    mv = client.get_model_version_by_alias(name, "challenger")
+    assert mv.version == "1" and mv.run_id == run.info.run_id
+    assert mv.tags["postflow.image_weights"] == "none" and mv.tags["postflow.window"]
+    keys = world["server"].artifact_keys()
+    for suffix in ("confusion_matrix.png", "label_histogram.json", "model.npz", "MLmodel"):
+        assert any(k.endswith(suffix) for k in keys), suffix
+    assert not any(k.endswith(".pkl") for k in keys)  # weights as npz + json, code from `ml`
+
+
+@pytest.mark.integration
+def test_first_model_becomes_champion_and_serves_the_same_predictions(world):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    s, d = world["settings"], world["decision"]
+    assert d["promoted"] and d["reason"].startswith("first model")
+    assert d["challenger_version"] == 1 and d["champion_version"] is None
+    client = R.connect(s)
+    assert client.get_model_version_by_alias(s.registered_model, "champion").version == "1"
+    served = mlflow.pyfunc.load_model(f"models:/{s.registered_model}@champion")
+    X = world["X"][:50]
+    p = served.predict(X)
+    assert p.dtype == np.float32 and p.shape == (50, 8)
+    np.testing.assert_array_equal(p, world["model"].predict_proba(X))
+    np.testing.assert_array_equal(served.predict(pd.DataFrame(X)), p)
+    loaded, mv = R.load_champion(s)
+    assert mv.version == "1"
+    np.testing.assert_array_equal(loaded.predict(X), p)
+    tags = client.get_model_version(s.registered_model, "1").tags
+    assert tags["postflow.promotion"] == "promoted" and tags["postflow.champion_version"] == ""
+    assert float(tags["postflow.challenger_macro_f1"]) == pytest.approx(d["challenger_macro_f1"])
+    run = client.get_run(world["trained"]["run_id"])
+    assert run.data.tags["postflow.promotion"] == "promoted"
+    assert run.data.metrics["gate_challenger_macro_f1"] == pytest.approx(d["challenger_macro_f1"])
+    # the gate scored exactly the training run's test split
+    assert d["challenger_macro_f1"] == pytest.approx(run.data.metrics["mlp_test_macro_f1"])
+
+
+@pytest.mark.integration
+def test_worse_challenger_is_rejected_and_the_champion_stays(world):
+    s, lake = world["settings"], world["lake"]
+    data = T.load_dataset(lake, START, END)
+    data.y = np.random.default_rng(1).permutation(data.y)  # labels unrelated to features
+    result = T.run_training(data, T.TrainConfig(max_epochs=5, seed=0))
+    run_id = R.log_training(result, s, ds=END, code_version="test")
+    assert R.register_challenger(run_id, s) == 2
+    client = R.connect(s)
+    assert client.get_model_version_by_alias(s.registered_model, "challenger").version == "2"
+
+    d = R.promote(s, lake, "challenger", START, END)
+    assert not d.promoted and d.challenger_version == 2 and d.champion_version == 1
+    assert "< champion" in d.reason and d.champion_macro_f1 > d.challenger_macro_f1
+    assert client.get_model_version_by_alias(s.registered_model, "champion").version == "1"
+    tags = client.get_model_version(s.registered_model, "2").tags
+    assert tags["postflow.promotion"] == "rejected" and tags["postflow.champion_version"] == "1"
+    assert tags["postflow.decision_reason"] == d.reason and tags["postflow.decided_at"]
+    assert float(tags["postflow.champion_macro_f1"]) == pytest.approx(d.champion_macro_f1)
+    run = client.get_run(run_id)
+    assert run.data.tags["postflow.promotion"] == "rejected"
+    assert run.data.tags["postflow.code_version"] == "test"
+    assert run.data.metrics["gate_champion_macro_f1"] == pytest.approx(d.champion_macro_f1)
+
+    again = R.promote(s, lake, 1, START, END)  # re-running for the champion changes nothing
+    assert again.promoted and "already the champion" in again.reason
+    assert client.get_model_version_by_alias(s.registered_model, "champion").version == "1"
