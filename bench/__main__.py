@@ -15,6 +15,7 @@ BENCHES = {
     "extract": "bench.bench_extract",
     "images": "bench.bench_images",
     "validate": "bench.bench_validate",
+    "report": "bench.bench_report",
 }
 
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from postflow_airflow.assets import POSTS_CLEAN
+from postflow_airflow.notify import failure_notifier
 
 
 @dag(
@@ -35,6 +36,7 @@ from postflow_airflow.assets import POSTS_CLEAN
         "retry_delay": timedelta(minutes=2),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
+        "on_failure_callback": failure_notifier(),
     },
 )
 def posts_etl():
@@ -63,7 +65,10 @@ def posts_etl():
 
         from ml.etl import reconcile
 
-        return reconcile(task_settings(), window_of(context))
+        result = reconcile(task_settings(), window_of(context))
+        # retrain reads the day from the event, so a backfill's events each name their day.
+        context["outlet_events"][POSTS_CLEAN].extra = {"ds": result["ds"]}
+        return result
 
     reconcile_posts(validate_posts(extract_posts()))
 

@@ -407,9 +407,10 @@ def ml_step(
 ) -> BaseOperator:
     """A task running `python -m ml <step> *arguments` with the configured runner.
 
-    `arguments` are templated, or an XComArg resolving to the list at run time. `gpu` defaults to whether the step is in `GPU_STEPS`; `settings`
-    defaults to `Settings.load()` (environment and file, nothing networked); other keyword
-    arguments go to the operator (retries, pool, container_resources, ...).
+    `arguments` are templated, or an XComArg resolving to the list at run time. `gpu` defaults
+    to whether the step is in `GPU_STEPS`; `settings` defaults to `Settings.load()`
+    (environment and file, nothing networked); other keyword arguments go to the operator
+    (retries, pool, container_resources, ...).
     """
     cls, op_kwargs = _operator_and_kwargs(step, gpu, settings, kwargs)
     from airflow.sdk import XComArg

@@ -1,0 +1,885 @@
+"""The numbers of the weekly report, gathered from the lake and MLflow into one JSON-able dict.
+
+Everything here is read-only and keyed by an ISO week (`2026-W47`: Monday 2026-11-16 to Sunday
+2026-11-22, UTC), never by "now", so a backfilled week reports on that week. Each section copes
+with missing inputs (an empty week, no model, no test data) by saying so in `notes`, not by
+raising; only an unreachable lake or MLflow raises, so that the task retries.
+
+Sections (keys of the dict `collect` returns):
+- `quality`: per day of the week, posts ingested, clean and quarantined by reason (manifests).
+- `labels`: label histogram of the train/val/test splits of the current training window (the
+  `train_window_days` ending on the week's last day; labelled posts only; split by post-id hash
+  with `n` = labelled posts, as `ml.train` does with `n` = posts with features).
+- `history`: every registered model version whose training window ended in the last
+  `report_weeks` weeks, with its test metrics and those of the two baselines of the same run.
+- `champion`: the champion at the end of the week (see `pick_champion`) and what it trained on.
+- `evaluation`: the champion's confusion matrix and per-class recall on the current test split,
+  evaluated live on the lake's features, else (said so) the test metrics logged at training.
+- `drift`: this week's matured labels and this week's embeddings against the champion's
+  training window: population stability index (PSI) per bin, flagged above the threshold.
+- `decisions`: promotion decisions on the versions trained on this week's data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODELS = ("mlp", "majority", "logistic")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+DRIFT_SAMPLE_ROWS = 10_000  # embeddings read per window for the drift statistics
+DRIFT_BINS = 10
+PSI_EPS = 1e-4
+
+
+# -- weeks --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Week:
+    """An ISO week, Monday to Sunday in UTC."""
+
+    year: int
+    week: int
+
+    @classmethod
+    def parse(cls, text: str) -> Week:
+        m = re.fullmatch(r"(\d{4})-?W(\d{1,2})", text.strip())
+        if not m:
+            raise ValueError(f"not an ISO week {text!r}: use YYYY-Www, e.g. 2026-W47")
+        out = cls(int(m.group(1)), int(m.group(2)))
+        date.fromisocalendar(out.year, out.week, 1)  # raises for W53 of a 52-week year
+        return out
+
+    @classmethod
+    def of(cls, day: date | datetime | str) -> Week:
+        """The week containing a day (a datetime is taken in UTC)."""
+        if isinstance(day, str):
+            day = date.fromisoformat(day[:10])
+        if isinstance(day, datetime):
+            day = (day.astimezone(UTC) if day.tzinfo else day).date()
+        y, w, _ = day.isocalendar()
+        return cls(y, w)
+
+    @classmethod
+    def last_complete(cls, now: datetime | None = None) -> Week:
+        now = now or datetime.now(UTC)
+        return cls.of(now - timedelta(days=7))
+
+    @property
+    def label(self) -> str:
+        return f"{self.year}-W{self.week:02d}"
+
+    @property
+    def start(self) -> date:
+        return date.fromisocalendar(self.year, self.week, 1)
+
+    @property
+    def end(self) -> date:
+        """The Monday after (exclusive)."""
+        return self.start + timedelta(days=7)
+
+    @property
+    def last_day(self) -> date:
+        return self.start + timedelta(days=6)
+
+    @property
+    def days(self) -> list[str]:
+        return [(self.start + timedelta(days=i)).isoformat() for i in range(7)]
+
+    def shift(self, weeks: int) -> Week:
+        return Week.of(self.start + timedelta(weeks=weeks))
+
+    def __str__(self) -> str:
+        return self.label
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def psi(reference: Sequence[float], current: Sequence[float]) -> tuple[float, list[float]]:
+    """Population stability index of two histograms (counts or shares over the same bins):
+    sum over bins of (q - p) * ln(q / p), shares floored at 1e-4. Returns (total, per bin)."""
+    p = np.asarray(reference, np.float64)
+    q = np.asarray(current, np.float64)
+    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
+        raise ValueError("psi needs two non-empty histograms over the same bins")
+    p = np.maximum(p / p.sum(), PSI_EPS)
+    q = np.maximum(q / q.sum(), PSI_EPS)
+    per_bin = (q - p) * np.log(q / p)
+    return float(per_bin.sum()), [float(v) for v in per_bin]
+
+
+def quantile_bins(reference: np.ndarray, n_bins: int = DRIFT_BINS) -> np.ndarray:
+    """Inner edges of `n_bins` equal-mass bins of the reference (duplicates dropped)."""
+    qs = np.quantile(reference, np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.unique(qs)
+
+
+def binned(values: np.ndarray, inner_edges: np.ndarray) -> list[int]:
+    idx = np.searchsorted(inner_edges, values, side="right")
+    return np.bincount(idx, minlength=len(inner_edges) + 1).tolist()
+
+
+def window_of_tag(tag: str | None) -> tuple[str, str] | None:
+    """`postflow.window` "start..end" -> (start, end) ISO dates, or None."""
+    if not tag or ".." not in tag:
+        return None
+    a, b = (s.strip()[:10] for s in tag.split("..", 1))
+    try:
+        return date.fromisoformat(a).isoformat(), date.fromisoformat(b).isoformat()
+    except ValueError:
+        return None
+
+
+# -- data quality -------------------------------------------------------------------------------
+
+
+def data_quality(lake: Any, week: Week) -> dict[str, Any]:
+    """Posts ingested, clean and quarantined (by reason) per day, from the partition manifests."""
+    days, reasons_total = [], {}
+    for ds in week.days:
+        raw = lake.read_manifest("posts_raw", ds)
+        clean = lake.read_manifest("posts_clean", ds)
+        quar = lake.read_manifest("quarantine", ds)
+        if clean is None and raw is None:
+            days.append(
+                {
+                    "ds": ds,
+                    "status": "missing",
+                    "ingested": None,
+                    "clean": None,
+                    "quarantined": None,
+                    "reasons": {},
+                }
+            )
+            continue
+        reasons = dict((quar or {}).get("reasons", {}))
+        for k, v in reasons.items():
+            reasons_total[k] = reasons_total.get(k, 0) + int(v)
+        ingested = (clean or {}).get("source_rows", (raw or {}).get("rows"))
+        status = (clean or {}).get("validation_status") or (
+            "not validated" if clean is None else "ok"
+        )
+        days.append(
+            {
+                "ds": ds,
+                "status": status,
+                "ingested": None if ingested is None else int(ingested),
+                "clean": None if clean is None else int(clean["rows"]),
+                "quarantined": None if quar is None else int(quar["rows"]),
+                "reasons": {k: int(v) for k, v in sorted(reasons.items())},
+            }
+        )
+
+    def total(key: str) -> int:
+        return int(sum(d[key] or 0 for d in days))
+
+    ingested = total("ingested")
+    quarantined = total("quarantined")
+    return {
+        "days": days,
+        "reasons": sorted(reasons_total, key=lambda k: (-reasons_total[k], k)),
+        "totals": {
+            "ingested": ingested,
+            "clean": total("clean"),
+            "quarantined": quarantined,
+            "quarantined_fraction": (quarantined / ingested) if ingested else None,
+            "reasons": dict(sorted(reasons_total.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "days_with_data": sum(d["status"] != "missing" for d in days),
+        },
+    }
+
+
+# -- labels and splits --------------------------------------------------------------------------
+
+
+def _labels(lake: Any, start: str, end: str, label_age_days: int):
+    """`ml.train.load_labels`, or None when the window has no posts_clean partition."""
+    from ml.train import load_labels
+
+    try:
+        return load_labels(lake, start, end, label_age_days=label_age_days)
+    except FileNotFoundError:
+        return None
+
+
+def training_window(settings: Any, week: Week) -> tuple[str, str]:
+    end = week.last_day
+    return (end - timedelta(days=settings.train_window_days - 1)).isoformat(), end.isoformat()
+
+
+@dataclass
+class LabelSplit:
+    """The labelled posts of a window and their split (kept for the live evaluation)."""
+
+    window: tuple[str, str]
+    edges: tuple[int, ...]
+    ids: np.ndarray
+    ds: np.ndarray
+    y: np.ndarray
+    split: np.ndarray
+    with_features: bool = False
+    without_features: int = 0  # labelled posts left out for lack of features
+
+    def histogram(self, name: str) -> list[int]:
+        from ml.labels import histogram
+
+        return histogram(self.y[self.split == name], len(self.edges))
+
+
+def with_features(lake: Any, ids: np.ndarray, ds: np.ndarray) -> np.ndarray:
+    """Which labelled posts have a row in `features/ds` of their snapshot's day (post ids only
+    are read)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ml.features import _partition_files
+
+    mask = np.zeros(len(ids), bool)
+    for d in sorted(set(ds.tolist())):
+        sel = ds == d
+        files = _partition_files(lake, "features", d)
+        if not files:
+            continue
+        flt = pc.field("post_id").isin(pa.array(ids[sel], pa.int64()))
+        found = [
+            pq.read_table(f, columns=["post_id"], filters=flt, filesystem=lake.fs)["post_id"]
+            for f in files
+        ]
+        have = np.concatenate([c.to_numpy() for c in found]) if found else np.zeros(0, np.int64)
+        mask[sel] = np.isin(ids[sel], have)
+    return mask
+
+
+def label_split(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> LabelSplit | None:
+    """The labelled posts of the current training window, split as `ml.train.run_training`
+    splits them: among the posts with features, `n` = their number. When the window has no
+    features at all, every labelled post counts (and `with_features` says so)."""
+    from ml.labels import assign_splits, bin_labels
+
+    window = training_window(settings, week)
+    t = _labels(lake, *window, settings.label_age_days)
+    if t is None or t.num_rows == 0:
+        return None
+    ids = t["id"].to_numpy()
+    ds = np.asarray(t["ds"].to_pylist(), dtype=object)
+    y = np.asarray(bin_labels(t["comment_count"].to_numpy(), edges)).reshape(-1)
+    has = with_features(lake, ids, ds)
+    if has.any():
+        ids, ds, y = ids[has], ds[has], y[has]
+    return LabelSplit(
+        window=window,
+        edges=tuple(edges),
+        ids=ids,
+        ds=ds,
+        y=y,
+        split=assign_splits(ids, len(ids)),
+        with_features=bool(has.any()),
+        without_features=int((~has).sum()) if has.any() else 0,
+    )
+
+
+def labels_section(split: LabelSplit | None, settings: Any, week: Week, edges) -> dict[str, Any]:
+    window = split.window if split else training_window(settings, week)
+    out: dict[str, Any] = {
+        "window": list(window),
+        "edges": list(edges),
+        "label_age_days": settings.label_age_days,
+        "rows": 0 if split is None else int(len(split.ids)),
+        "with_features": bool(split and split.with_features),
+        "without_features": 0 if split is None else split.without_features,
+    }
+    for name in ("train", "val", "test"):
+        out[name] = split.histogram(name) if split else [0] * len(edges)
+    return out
+
+
+# -- MLflow: versions, champion, decisions ------------------------------------------------------
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(
+        exc
+    ).lower().replace("does not exist", "not found")
+
+
+def _edges_of_tag(raw: str | None) -> list[int] | None:
+    import json
+
+    try:
+        edges = [int(e) for e in json.loads(raw)] if raw else None
+    except (ValueError, TypeError):
+        return None
+    return edges if edges and len(edges) >= 2 else None
+
+
+def _ms_to_iso(ms: int | None) -> str | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def version_info(client: Any, mv: Any) -> dict[str, Any]:
+    """What the report needs of one model version: its run's metrics and tags, its decision."""
+    vtags = dict(mv.tags or {})
+    metrics: dict[str, float] = {}
+    rtags: dict[str, str] = {}
+    if mv.run_id:
+        try:
+            run = client.get_run(mv.run_id)
+            metrics, rtags = dict(run.data.metrics), dict(run.data.tags)
+        except Exception as exc:  # a deleted run leaves a version without metrics
+            if not _is_not_found(exc):
+                raise
+    tags = rtags | vtags
+    window = window_of_tag(tags.get("postflow.window"))
+    created = _ms_to_iso(mv.creation_timestamp)
+    return {
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "created_at": created,
+        "window": list(window) if window else None,
+        # the data date of a version: the end of its training window (else its creation day)
+        "date": window[1] if window else (created or "")[:10],
+        "rows": _finite(metrics.get("rows")),
+        "split_rows": {
+            s: _finite(metrics.get(f"split_{s}_rows")) for s in ("train", "val", "test")
+        },
+        "edges": _edges_of_tag(tags.get("postflow.edges")),
+        "image_weights": tags.get("postflow.image_weights"),
+        "code_version": tags.get("postflow.code_version"),
+        "promotion": vtags.get("postflow.promotion"),
+        "decision_reason": vtags.get("postflow.decision_reason"),
+        "challenger_macro_f1": _finite(vtags.get("postflow.challenger_macro_f1")),
+        "champion_macro_f1": _finite(vtags.get("postflow.champion_macro_f1")),
+        "champion_version": vtags.get("postflow.champion_version") or None,
+        "decided_at": vtags.get("postflow.decided_at"),
+        "test": {m: {k: _finite(metrics.get(f"{m}_test_{k}")) for k in METRICS} for m in MODELS},
+        "test_recall": [
+            _finite(metrics[k])
+            for k in sorted(
+                (k for k in metrics if k.startswith("mlp_test_recall_class_")),
+                key=lambda k: int(k.rsplit("_", 1)[1]),
+            )
+        ],
+    }
+
+
+def registry_versions(client: Any, name: str) -> tuple[list[dict[str, Any]], str | None]:
+    """(every version of the registered model, oldest first; the `champion` alias's version)."""
+    try:
+        rm = client.get_registered_model(name)
+    except Exception as exc:
+        if _is_not_found(exc):
+            return [], None
+        raise
+    alias = (getattr(rm, "aliases", None) or {}).get("champion")
+    mvs = client.search_model_versions(f"name = '{name}'")
+    infos = [version_info(client, mv) for mv in mvs]
+    infos.sort(key=lambda v: int(v["version"]))
+    return infos, (str(alias) if alias is not None else None)
+
+
+def pick_champion(
+    versions: list[dict[str, Any]], alias: str | None, week: Week
+) -> tuple[dict[str, Any] | None, str]:
+    """The champion at the end of `week`, and how it was found.
+
+    When no version was trained on data after the week (the week is the latest one), the
+    `champion` alias is the truth. For an earlier week (a backfill), the alias may have moved
+    since, so the champion is the version promoted last (by `postflow.decided_at`) among those
+    trained on data up to the week's last day.
+    """
+    last = week.last_day.isoformat()
+    eligible = [v for v in versions if v["date"] and v["date"] <= last]
+    newer = [v for v in versions if v["date"] and v["date"] > last]
+    if alias is not None and not newer:
+        found = [v for v in eligible if v["version"] == alias]
+        if found:
+            return found[0], "the champion alias"
+    promoted = [v for v in eligible if v["promotion"] == "promoted"]
+    if promoted:
+        best = max(promoted, key=lambda v: (v["decided_at"] or "", int(v["version"])))
+        return best, "the last version promoted before the week ended"
+    return None, ""
+
+
+def history_section(versions: list[dict[str, Any]], champion: dict | None, settings, week: Week):
+    since = (week.end - timedelta(weeks=settings.report_weeks)).isoformat()
+    end = week.end.isoformat()
+    rows = [v for v in versions if v["date"] and since <= v["date"] < end]
+    rows.sort(key=lambda v: (v["date"], int(v["version"])))
+    champ = champion["version"] if champion else None
+    return {
+        "weeks": settings.report_weeks,
+        "since": since,
+        "until": week.last_day.isoformat(),
+        "versions": [
+            {
+                "version": v["version"],
+                "date": v["date"],
+                "champion": v["version"] == champ,
+                "promotion": v["promotion"],
+                **{m: v["test"][m] for m in MODELS},
+            }
+            for v in rows
+        ],
+    }
+
+
+def decisions_section(versions: list[dict[str, Any]], week: Week) -> list[dict[str, Any]]:
+    """Decisions on the versions trained on this week's data (window end in the week); a
+    version without a window tag counts by the day it was decided."""
+    days = set(week.days)
+    out = []
+    for v in versions:
+        if not v["promotion"]:
+            continue
+        day = v["date"] if v["window"] else (v["decided_at"] or "")[:10]
+        if day in days:
+            out.append(
+                {
+                    k: v[k]
+                    for k in (
+                        "version",
+                        "date",
+                        "promotion",
+                        "decision_reason",
+                        "challenger_macro_f1",
+                        "champion_macro_f1",
+                        "champion_version",
+                        "decided_at",
+                    )
+                }
+            )
+    return sorted(out, key=lambda d: (d["decided_at"] or "", int(d["version"])))
+
+
+def run_artifact_json(client: Any, run_id: str, name: str) -> Any | None:
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="postflow-report-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, name, tmp)
+        except Exception as exc:
+            log.info("run %s has no artifact %s: %s", run_id, name, exc)
+            return None
+        return json.loads(Path(path).read_text())
+
+
+# -- champion on the current test split ---------------------------------------------------------
+
+
+def test_features(lake: Any, split: LabelSplit) -> tuple[np.ndarray, np.ndarray, int]:
+    """(X float32 (n, 2432), y) of the test posts that have features; and how many had none."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ml.features import IMG_DIM, TXT_DIM, _partition_files, _vectors
+
+    test = split.split == "test"
+    ids, ds, y = split.ids[test], split.ds[test], split.y[test]
+    xs, ys = [], []
+    for d in sorted(set(ds.tolist())):
+        sel_ids, sel_y = ids[ds == d], y[ds == d]
+        files = _partition_files(lake, "features", d)
+        if not files:
+            continue
+        flt = pc.field("post_id").isin(pa.array(sel_ids, pa.int64()))
+        ft = pa.concat_tables(
+            [
+                pq.read_table(f, columns=["post_id", "img", "txt"], filters=flt, filesystem=lake.fs)
+                for f in files
+            ]
+        )
+        if ft.num_rows == 0:
+            continue
+        pid = ft["post_id"].to_numpy()
+        _, first = np.unique(pid, return_index=True)
+        ft = ft.take(pa.array(first))
+        pid = ft["post_id"].to_numpy()
+        order = np.argsort(sel_ids)
+        xs.append(np.concatenate([_vectors(ft["img"], IMG_DIM), _vectors(ft["txt"], TXT_DIM)], 1))
+        ys.append(sel_y[order][np.searchsorted(sel_ids[order], pid)])
+    if not xs:
+        return np.zeros((0, IMG_DIM + TXT_DIM), np.float32), np.zeros(0, np.int64), int(len(ids))
+    X = np.concatenate(xs).astype(np.float32)
+    return X, np.concatenate(ys), int(len(ids) - len(X))
+
+
+def load_version_model(settings: Any, version: str):
+    """The pyfunc model of a registered version (`models:/<name>/<version>`)."""
+    import mlflow.pyfunc
+
+    from ml.registry import connect
+
+    connect(settings)  # process-wide tracking/registry URIs and the S3 endpoint for artifacts
+    return mlflow.pyfunc.load_model(f"models:/{settings.registered_model}/{version}")
+
+
+def evaluation_section(
+    lake: Any,
+    settings: Any,
+    champion: dict[str, Any] | None,
+    split: LabelSplit | None,
+    logged_metrics: dict[str, Any] | None,
+    load_model: Callable[[Any, str], Any],
+    n_classes: int,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Confusion matrix and per-class recall of the champion on the current test split."""
+    from ml.train import metrics_from_predictions
+
+    notes: list[str] = []
+    if champion is None:
+        return None, notes
+    live_error = None
+    if split is not None and (split.split == "test").any():
+        X, y, missing = test_features(lake, split)
+        if len(X):
+            try:
+                proba = np.asarray(load_model(settings, champion["version"]).predict(X))
+                m = metrics_from_predictions(
+                    y, proba.argmax(axis=1), max(n_classes, proba.shape[1])
+                )
+                return {
+                    "source": "live",
+                    "source_text": (
+                        f"champion v{champion['version']} evaluated now on the test split of the "
+                        f"window {split.window[0]} to {split.window[1]} ({len(y)} posts"
+                        + (f"; {missing} test posts without features left out" if missing else "")
+                        + ")"
+                    ),
+                    "window": list(split.window),
+                    "missing_features": missing,
+                    **m,
+                }, notes
+            except Exception as exc:  # report what went wrong, fall back to the logged metrics
+                log.exception("live evaluation of champion v%s failed", champion["version"])
+                live_error = f"{type(exc).__name__}: {exc}"
+        else:
+            live_error = "no features for the test posts of the window"
+    else:
+        notes.append(
+            "No test data: the current training window has no labelled test posts, so the "
+            "champion could not be evaluated on it."
+        )
+    test = ((logged_metrics or {}).get("mlp") or {}).get("test")
+    if test and test.get("confusion_matrix"):
+        reason = f" (live evaluation not possible: {live_error})" if live_error else ""
+        notes.append(
+            f"The confusion matrix is the one logged when champion v{champion['version']} was "
+            f"trained, on its own test split{reason}."
+        )
+        keys = ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_recall")
+        return {
+            "source": "mlflow",
+            "source_text": (
+                f"test metrics logged at training time of champion v{champion['version']} "
+                f"(run {champion['run_id']}, window "
+                + ("..".join(champion["window"]) if champion["window"] else "unknown")
+                + ")"
+                + reason
+            ),
+            "window": champion["window"],
+            "confusion_matrix": test["confusion_matrix"],
+            **{k: test.get(k) for k in keys},
+        }, notes
+    if live_error:
+        notes.append(f"The champion could not be evaluated: {live_error}.")
+    return None, notes
+
+
+# -- drift --------------------------------------------------------------------------------------
+
+
+def sample_features(lake: Any, days: Iterable[str], max_rows: int = DRIFT_SAMPLE_ROWS):
+    """Up to `max_rows` embeddings (img, txt as float32) spread over the days' partitions: the
+    first rows of each day's partition, an equal share per day."""
+    import pyarrow.parquet as pq
+
+    from ml.features import IMG_DIM, TXT_DIM, _partition_files, _vectors
+
+    files_by_day = [(d, _partition_files(lake, "features", d)) for d in days]
+    files_by_day = [(d, f) for d, f in files_by_day if f]
+    if not files_by_day:
+        return None
+    quota = max(1, max_rows // len(files_by_day))
+    imgs, txts = [], []
+    for _, files in files_by_day:
+        left = quota
+        for f in files:
+            if left <= 0:
+                break
+            with lake.fs.open_input_file(f) as fh:
+                pf = pq.ParquetFile(fh)
+                for batch in pf.iter_batches(batch_size=left, columns=["img", "txt"]):
+                    imgs.append(_vectors(batch.column("img"), IMG_DIM).astype(np.float32))
+                    txts.append(_vectors(batch.column("txt"), TXT_DIM).astype(np.float32))
+                    left -= batch.num_rows
+                    break
+    if not imgs:
+        return None
+    return np.concatenate(imgs), np.concatenate(txts)
+
+
+def _top_component(X: np.ndarray, iters: int = 30, seed: int = 0) -> np.ndarray:
+    """First principal direction of X (rows centred by the caller), by power iteration."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(X.shape[1]).astype(np.float64)
+    v /= np.linalg.norm(v)
+    for _ in range(iters):
+        w = X.T @ (X @ v)
+        n = np.linalg.norm(w)
+        if n == 0:
+            break
+        v = w / n
+    return v
+
+
+def embedding_drift(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
+    """PSI of the vector norm and of the projection on the reference's first principal
+    direction (deciles of the reference), and the cosine between the two mean vectors."""
+    ref = ref.astype(np.float64)
+    cur = cur.astype(np.float64)
+    out: dict[str, Any] = {"reference_n": int(len(ref)), "week_n": int(len(cur))}
+    mu = ref.mean(0)
+    pc1 = _top_component(ref - mu)
+    for name, r, c in (
+        ("norm", np.linalg.norm(ref, axis=1), np.linalg.norm(cur, axis=1)),
+        ("pc1", (ref - mu) @ pc1, (cur - mu) @ pc1),
+    ):
+        edges = quantile_bins(r)
+        total, _ = psi(binned(r, edges), binned(c, edges))
+        out[f"psi_{name}"] = total
+    mc = cur.mean(0)
+    denom = np.linalg.norm(mu) * np.linalg.norm(mc)
+    out["mean_cosine"] = float(mu @ mc / denom) if denom > 0 else None
+    out["psi"] = max(out["psi_norm"], out["psi_pc1"])
+    return out
+
+
+def week_labels(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> np.ndarray | None:
+    """Classes of the labels that matured this week: posts created in
+    [week start - label age, week end - label age), latest snapshot up to the week's end."""
+    from ml.labels import bin_labels
+
+    age = timedelta(days=settings.label_age_days)
+    first = week.start - age
+    t = _labels(lake, first.isoformat(), week.last_day.isoformat(), settings.label_age_days)
+    if t is None or t.num_rows == 0:
+        return None
+    created = t["created_at"].to_numpy().astype("datetime64[us]")
+    keep = created >= np.datetime64(datetime.combine(first, datetime.min.time()), "us")
+    if not keep.any():
+        return None
+    return np.asarray(bin_labels(t["comment_count"].to_numpy()[keep], edges)).reshape(-1)
+
+
+def drift_section(
+    lake: Any,
+    settings: Any,
+    week: Week,
+    champion: dict[str, Any] | None,
+    edges: Sequence[int],
+    max_rows: int = DRIFT_SAMPLE_ROWS,
+) -> dict[str, Any]:
+    from ml.labels import bin_labels, histogram
+    from ml.report_charts import bin_names
+
+    threshold = settings.drift_psi_threshold
+    if champion and champion.get("window"):
+        ref_window, ref_source = tuple(champion["window"]), f"champion v{champion['version']}"
+    else:
+        end = week.start - timedelta(days=1)
+        start = end - timedelta(days=settings.train_window_days - 1)
+        ref_window, ref_source = (start.isoformat(), end.isoformat()), "the window before the week"
+    out: dict[str, Any] = {
+        "threshold": threshold,
+        "reference_window": list(ref_window),
+        "reference_source": ref_source,
+        "labels": None,
+        "embeddings": {},
+        "flags": [],
+    }
+    ref_t = _labels(lake, *ref_window, settings.label_age_days)
+    cur_y = week_labels(lake, settings, week, edges)
+    if ref_t is not None and ref_t.num_rows and cur_y is not None and len(cur_y):
+        ref_h = histogram(bin_labels(ref_t["comment_count"].to_numpy(), edges), len(edges))
+        cur_h = histogram(cur_y, len(edges))
+        total, per_bin = psi(ref_h, cur_h)
+        out["labels"] = {
+            "reference": ref_h,
+            "week": cur_h,
+            "reference_share": [h / sum(ref_h) for h in ref_h],
+            "week_share": [h / sum(cur_h) for h in cur_h],
+            "psi_per_bin": per_bin,
+            "psi": total,
+            "drifted": total > threshold,
+        }
+        if total > threshold:
+            worst = int(np.argmax(np.abs(per_bin)))
+            then, now = out["labels"]["reference_share"][worst], out["labels"]["week_share"][worst]
+            out["flags"].append(
+                f"The labels that settled this week are distributed differently from the "
+                f"training window (PSI {total:.2f} > {threshold:.2f}); the largest change is in "
+                f"the bin of {bin_names(edges)[worst]} comments: {then:.1%} of posts then, "
+                f"{now:.1%} now."
+            )
+    ref_d = [
+        (date.fromisoformat(ref_window[0]) + timedelta(days=i)).isoformat()
+        for i in range(
+            (date.fromisoformat(ref_window[1]) - date.fromisoformat(ref_window[0])).days + 1
+        )
+    ]
+    ref_x = sample_features(lake, ref_d, max_rows)
+    cur_x = sample_features(lake, week.days, max_rows)
+    if ref_x is not None and cur_x is not None and min(len(ref_x[0]), len(cur_x[0])) >= 2:
+        for i, name in enumerate(("image", "caption")):
+            d = embedding_drift(ref_x[i], cur_x[i])
+            d["drifted"] = d["psi"] > threshold
+            out["embeddings"][name] = d
+            if d["drifted"]:
+                which = "length" if d["psi_norm"] >= d["psi_pc1"] else "main direction"
+                out["flags"].append(
+                    f"The {name} embeddings of this week's posts differ from the training "
+                    f"window (PSI {d['psi']:.2f} > {threshold:.2f}, in their {which}): the "
+                    f"{name}s look different, the model may be less accurate on them."
+                )
+    return out
+
+
+# -- everything ---------------------------------------------------------------------------------
+
+
+def collect(
+    settings: Any,
+    lake: Any,
+    client: Any,
+    week: Week,
+    *,
+    now: datetime | None = None,
+    load_model: Callable[[Any, str], Any] = load_version_model,
+    drift_rows: int = DRIFT_SAMPLE_ROWS,
+) -> dict[str, Any]:
+    """Every number of the report for `week` (see the module docstring)."""
+    from ml.labels import DEFAULT_EDGES
+    from ml.lake import code_version
+
+    now = now or datetime.now(UTC)
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            timings[name] = round(time.perf_counter() - t0, 3)
+
+    quality = timed("quality", lambda: data_quality(lake, week))
+    versions, alias = timed(
+        "registry", lambda: registry_versions(client, settings.registered_model)
+    )
+    champion, champion_source = pick_champion(versions, alias, week)
+    hist, logged = None, None
+    if champion and champion["run_id"]:
+        run_id = champion["run_id"]
+        t0 = time.perf_counter()
+        hist = run_artifact_json(client, run_id, "label_histogram.json")
+        logged = run_artifact_json(client, run_id, "metrics.json")
+        timings["artifacts"] = round(time.perf_counter() - t0, 3)
+    edges = tuple(int(e) for e in (hist or {}).get("edges") or DEFAULT_EDGES)
+    if champion and champion.get("edges"):
+        edges = tuple(champion["edges"])
+    split = timed("labels", lambda: label_split(lake, settings, week, edges))
+    evaluation, eval_notes = timed(
+        "evaluation",
+        lambda: evaluation_section(lake, settings, champion, split, logged, load_model, len(edges)),
+    )
+    drift = timed("drift", lambda: drift_section(lake, settings, week, champion, edges, drift_rows))
+
+    if quality["totals"]["days_with_data"] == 0:
+        notes.append(
+            f"Empty week: no posts were ingested from {week.start} to {week.last_day} "
+            "(no posts_etl partitions for these days)."
+        )
+    elif quality["totals"]["days_with_data"] < 7:
+        missing = [d["ds"] for d in quality["days"] if d["status"] == "missing"]
+        notes.append(f"No posts_etl data for {len(missing)} day(s): {', '.join(missing)}.")
+    if week.end > now.date():
+        notes.append(f"The week is not over yet ({now:%Y-%m-%d %H:%M} UTC): its data is partial.")
+    if not versions:
+        notes.append(f"No model versions are registered as {settings.registered_model!r} yet.")
+    if champion is None:
+        notes.append(
+            "No champion: no model had been promoted by the end of the week, so there is no "
+            "confusion matrix and drift is measured against the window before the week."
+        )
+    if split is None:
+        notes.append(
+            "No labelled posts in the training window "
+            f"{training_window(settings, week)[0]} to {training_window(settings, week)[1]} "
+            f"(labels need {settings.label_age_days} days to settle)."
+        )
+    notes += eval_notes
+    champion_out = None
+    if champion:
+        champion_out = {
+            k: champion[k]
+            for k in (
+                "version",
+                "run_id",
+                "window",
+                "rows",
+                "split_rows",
+                "image_weights",
+                "code_version",
+                "edges",
+                "created_at",
+                "decided_at",
+                "test",
+            )
+        } | {"source": champion_source}
+    history = history_section(versions, champion, settings, week)
+    decisions = decisions_section(versions, week)
+    return {
+        "week": week.label,
+        "start": week.start.isoformat(),
+        "end": week.last_day.isoformat(),
+        "generated_at": now.isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "registered_model": settings.registered_model,
+        "notes": notes,
+        "flags": list(drift["flags"]),
+        "quality": quality,
+        "labels": labels_section(split, settings, week, edges),
+        "history": history,
+        "champion": champion_out,
+        "evaluation": evaluation,
+        "drift": drift,
+        "decisions": decisions,
+        "timings_s": timings,
+    }

@@ -1,0 +1,91 @@
+"""Email from postflow's DAGs: failure notifications, and the SMTP connection for the report.
+
+Every DAG puts `failure_notifier()` in its `default_args` as `on_failure_callback`, so each task
+that fails for good (after its last retry) sends one email through the SMTP provider's
+`SmtpNotifier` and the Airflow connection `smtp_default`: DAG, task, logical date, try number,
+the error and a link to the task's log. Recipients are POSTFLOW_ALERT_RECIPIENTS, else
+POSTFLOW_REPORT_RECIPIENTS (comma-separated), read when the DAG file is parsed.
+
+A task-level callback (default_args) rather than the DAG-level one: it runs in the task's own
+process with the task's context (`ti`, `try_number`, `exception`), once per failed task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    from ml.config import Settings
+    from ml.report import SmtpParams
+
+SMTP_CONN_ID = "smtp_default"
+
+# Jinja, rendered by Airflow with the failed task's context.
+SUBJECT = (
+    "[postflow] {{ ti.dag_id }}.{{ ti.task_id }} failed"
+    " ({{ logical_date if logical_date else 'no logical date' }}, try {{ ti.try_number }})"
+)
+HTML = """\
+<html><body style="font-family:Arial,Helvetica,sans-serif;font-size:14px;color:#222222;">
+<p><strong>postflow task failed</strong> after its last retry.</p>
+<table role="presentation" cellpadding="4" cellspacing="0" border="0">
+<tr><td>DAG</td><td><strong>{{ ti.dag_id }}</strong></td></tr>
+<tr><td>Task</td><td><strong>{{ ti.task_id }}</strong>\
+{% if ti.map_index is not none and ti.map_index >= 0 %} [{{ ti.map_index }}]{% endif %}</td></tr>
+<tr><td>Logical date</td>\
+<td>{{ logical_date if logical_date else 'none (asset-triggered or manual run)' }}</td></tr>
+<tr><td>Run</td><td>{{ ti.run_id }}</td></tr>
+<tr><td>Try</td><td>{{ ti.try_number }} of {{ ti.max_tries + 1 }}</td></tr>
+<tr><td>Host</td><td>{{ ti.hostname }}</td></tr>
+<tr><td>Error</td><td><code>{{ exception | default('', true) | string | e }}</code></td></tr>
+<tr><td>Log</td><td><a href="{{ ti.log_url }}">{{ ti.log_url }}</a></td></tr>
+</table>
+</body></html>
+"""
+
+
+def alert_recipients(settings: Settings | None = None) -> list[str]:
+    from ml.config import Settings
+
+    settings = settings or Settings.load()
+    raw = settings.alert_recipients or settings.report_recipients
+    return [a.strip() for a in raw.replace(";", ",").split(",") if a.strip()]
+
+
+def failure_notifier(to: list[str] | None = None, smtp_conn_id: str = SMTP_CONN_ID) -> SmtpNotifier:
+    """The `on_failure_callback` of postflow's tasks (see the module docstring)."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    from ml.config import Settings
+
+    settings = Settings.load()
+    return SmtpNotifier(
+        to=to if to is not None else alert_recipients(settings),
+        from_email=settings.report_sender,
+        smtp_conn_id=smtp_conn_id,
+        subject=SUBJECT,
+        html_content=HTML,
+    )
+
+
+def smtp_params(conn_id: str = SMTP_CONN_ID) -> SmtpParams:
+    """The Airflow SMTP connection as `ml.report.SmtpParams`, read the way the SMTP provider's
+    hook reads it (extras `disable_ssl`, `disable_tls`, `timeout`): SSL unless disabled,
+    else STARTTLS unless disabled."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    from ml.report import SmtpParams
+
+    hook = SmtpHook(smtp_conn_id=conn_id)
+    hook.smtp_connection = hook.get_connection(conn_id)
+    return SmtpParams(
+        host=hook.host or "localhost",
+        port=int(hook.port or (465 if hook.use_ssl else 25)),
+        user=hook.smtp_user or None,
+        password=hook.smtp_password or None,
+        ssl=hook.use_ssl,
+        starttls=hook.smtp_starttls and not hook.use_ssl,
+        timeout=float(hook.timeout),
+    )

@@ -1,0 +1,485 @@
+"""The weekly report on a small synthetic lake: numbers, champion choice, drift, empty cases, the
+archive round trip and the email's structure. MLflow is a tiny in-memory stand-in here; the real
+server, SMTP server, S3 endpoint and Chromium are in tests/integration/test_weekly_report.py."""
+
+from __future__ import annotations
+
+import email
+import json
+import re
+from datetime import UTC, date, datetime, timedelta
+from email import policy
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ml import report as R
+from ml import report_data as D
+from ml.config import Settings
+from ml.labels import DEFAULT_EDGES
+from ml.lake import Lake
+
+WEEK = D.Week(2026, 47)  # Monday 2026-11-16 .. Sunday 2026-11-22
+PRIORS = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
+NOW = datetime(2026, 11, 30, 7, tzinfo=UTC)
+
+
+# -- a synthetic lake ---------------------------------------------------------------------------
+
+
+def class_means(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 1, (8, 2048)), rng.normal(0, 1, (8, 384))
+
+
+def write_synthetic_days(
+    lake: Lake,
+    days: list[str],
+    per_day: int,
+    *,
+    seed: int = 0,
+    priors: np.ndarray = PRIORS,
+    txt_shift: float = 0.0,
+    first_id: int = 1,
+    bad_fraction: float = 0.05,
+    features: bool = True,
+) -> int:
+    """posts_raw/posts_clean/quarantine manifests and rows, and features whose class means make
+    the label learnable; returns the next free post id."""
+    from ml.features import FEATURES_SCHEMA
+    from ml.schema import CLEAN_SCHEMA, QUARANTINE_SCHEMA
+    from ml.source import RAW_SCHEMA
+
+    img_mu, txt_mu = class_means()
+    rng = np.random.default_rng(seed)
+    next_id = first_id
+    for ds in days:
+        n = per_day
+        ids = np.arange(next_id, next_id + n, dtype=np.int64)
+        next_id += n
+        cls = rng.choice(8, n, p=priors / priors.sum())
+        lo = np.array(DEFAULT_EDGES)
+        hi = np.append(lo[1:], 1000)
+        cc = rng.integers(lo[cls], hi[cls])
+        day0 = datetime.fromisoformat(ds)
+        created = [day0 + timedelta(seconds=int(s)) for s in rng.integers(0, 80_000, n)]
+        raw = pa.table(
+            {
+                "id": ids,
+                "author_id": rng.integers(1, 100, n),
+                "caption": [f"post {i}" for i in ids],
+                "image_uri": [f"{ds}/{i}.jpg" for i in ids],
+                "hearts": rng.integers(1, 50, n),
+                "comment_count": cc,
+                "created_at": pa.array(created, pa.timestamp("us")),
+                "updated_at": pa.array(
+                    [c + timedelta(minutes=5) for c in created], pa.timestamp("us")
+                ),
+            },
+            schema=RAW_SCHEMA,
+        )
+        bad = rng.random(n) < bad_fraction
+        reasons = np.where(rng.random(n) < 0.5, "image_corrupt", "caption_empty")
+        with lake.writer("posts_raw", ds, RAW_SCHEMA) as w:
+            w.write(raw)
+        clean = raw.filter(pa.array(~bad))
+        m = clean.num_rows
+        clean = clean.append_column("image_format", pa.array(["JPEG"] * m))
+        clean = clean.append_column("image_width", pa.array([64] * m, pa.int32()))
+        clean = clean.append_column("image_height", pa.array([64] * m, pa.int32()))
+        clean = clean.append_column("exif_orientation", pa.array([1] * m, pa.int8()))
+        quar = raw.filter(pa.array(bad))
+        quar = quar.append_column("reason", pa.array(reasons[bad].tolist(), pa.string()))
+        quar = quar.append_column("message", pa.array(["bad"] * int(bad.sum()), pa.string()))
+        counts: dict[str, int] = {}
+        for r in reasons[bad].tolist():
+            counts[r] = counts.get(r, 0) + 1
+        with lake.writer("posts_clean", ds, CLEAN_SCHEMA) as w:
+            w.write(clean)
+            w.meta.update(source_rows=n, validation_status="ok", quarantined=int(bad.sum()))
+        with lake.writer("quarantine", ds, QUARANTINE_SCHEMA) as w:
+            w.write(quar)
+            w.meta.update(source_rows=n, reasons=dict(sorted(counts.items())))
+        if not features:
+            continue
+        good = ~bad
+        k = int(good.sum())
+        img = img_mu[cls[good]] * 0.6 + rng.normal(0, 1, (k, 2048))
+        txt = txt_mu[cls[good]] * 0.6 + rng.normal(txt_shift, 1, (k, 384))
+        ft = pa.table(
+            {
+                "post_id": ids[good],
+                "content_hash": ["h"] * k,
+                "img": pa.FixedSizeListArray.from_arrays(
+                    pa.array(img.astype(np.float16).ravel(), pa.float16()), 2048
+                ),
+                "txt": pa.FixedSizeListArray.from_arrays(
+                    pa.array(txt.astype(np.float16).ravel(), pa.float16()), 384
+                ),
+                "image_model": ["resnet50:none"] * k,
+                "text_model": ["minilm"] * k,
+            }
+        )
+        with lake.writer("features", ds, FEATURES_SCHEMA) as w:
+            w.write(ft)
+    return next_id
+
+
+class NearestMeanModel:
+    """A pyfunc stand-in: probabilities from distances to the synthetic class means."""
+
+    def __init__(self) -> None:
+        img, txt = class_means()
+        self.mu = np.concatenate([img, txt], 1) * 0.6
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        d = ((X[:, None, :] - self.mu[None]) ** 2).sum(-1)
+        z = -(d - d.min(1, keepdims=True)) / 100
+        p = np.exp(z)
+        return p / p.sum(1, keepdims=True)
+
+
+# -- an MLflow stand-in -------------------------------------------------------------------------
+
+
+class NotFound(Exception):
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+
+class FakeClient:
+    """The few MlflowClient calls the report makes, over dicts shaped like the real registry."""
+
+    def __init__(self, versions: list[dict[str, Any]] | None = None, alias: str | None = None):
+        self.versions = versions
+        self.alias = alias
+
+    def get_registered_model(self, name: str):
+        if self.versions is None:
+            raise NotFound(f"Registered Model with name={name} not found")
+        return SimpleNamespace(aliases={"champion": self.alias} if self.alias else {})
+
+    def search_model_versions(self, filter_string: str):
+        return [
+            SimpleNamespace(
+                version=v["version"],
+                run_id=f"run{v['version']}",
+                tags=v.get("vtags", {}),
+                creation_timestamp=v.get("created_ms", 1_763_000_000_000),
+            )
+            for v in self.versions or []
+        ]
+
+    def _v(self, run_id: str) -> dict[str, Any]:
+        return next(v for v in self.versions or [] if f"run{v['version']}" == run_id)
+
+    def get_run(self, run_id: str):
+        v = self._v(run_id)
+        return SimpleNamespace(data=SimpleNamespace(metrics=v["metrics"], tags=v["rtags"]))
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
+        art = self._v(run_id).get("artifacts", {})
+        if path not in art:
+            raise NotFound(path)
+        out = Path(dst_path) / path
+        out.write_text(json.dumps(art[path]))
+        return str(out)
+
+
+def version(
+    v: int, window: tuple[str, str], promotion: str | None, f1: float, decided: str, **extra
+) -> dict[str, Any]:
+    metrics = {"rows": 1000.0 + v, "split_train_rows": 600.0, "split_val_rows": 200.0}
+    metrics["split_test_rows"] = 200.0
+    for m, base in (("mlp", f1), ("majority", 0.05), ("logistic", f1 - 0.1)):
+        metrics[f"{m}_test_accuracy"] = base + 0.1
+        metrics[f"{m}_test_macro_f1"] = base
+        metrics[f"{m}_test_balanced_accuracy"] = base
+    vtags = {"postflow.promotion": promotion, "postflow.decided_at": decided} if promotion else {}
+    if promotion:
+        vtags |= {
+            "postflow.decision_reason": "macro-F1 better" if promotion == "promoted" else "worse",
+            "postflow.challenger_macro_f1": str(f1),
+            "postflow.champion_macro_f1": "0.3",
+            "postflow.champion_version": str(v - 1) if v > 1 else "",
+        }
+    return {
+        "version": str(v),
+        "metrics": metrics,
+        "rtags": {
+            "postflow.window": f"{window[0]}..{window[1]}",
+            "postflow.image_weights": "none",
+            "postflow.code_version": "0.1.0+test",
+        },
+        "vtags": vtags,
+        **extra,
+    }
+
+
+def registry() -> FakeClient:
+    cm = np.diag([10, 5, 5, 3, 3, 2, 1, 1]).tolist()
+    logged = {
+        "mlp": {
+            "test": {
+                "n": 30,
+                "accuracy": 0.9,
+                "balanced_accuracy": 0.8,
+                "macro_f1": 0.7,
+                "per_class_recall": [1.0] * 8,
+                "confusion_matrix": cm,
+            }
+        }
+    }
+    hist = {"edges": list(DEFAULT_EDGES), "train": [1] * 8, "val": [1] * 8, "test": [1] * 8}
+    return FakeClient(
+        [
+            version(1, ("2026-11-02", "2026-11-08"), "promoted", 0.30, "2026-11-09T03:00:00+00:00"),
+            version(
+                2,
+                ("2026-11-09", "2026-11-15"),
+                "promoted",
+                0.40,
+                "2026-11-16T03:00:00+00:00",
+                artifacts={"metrics.json": logged, "label_histogram.json": hist},
+            ),
+            version(3, ("2026-11-09", "2026-11-18"), "rejected", 0.35, "2026-11-19T03:00:00+00:00"),
+        ],
+        alias="2",
+    )
+
+
+def make_settings(root: Path) -> Settings:
+    return Settings.load(
+        {
+            "lake": str(root / "lake"),
+            "label_age_days": 0,
+            "train_window_days": 14,
+            "report_recipients": "ml-team@example.com; lead@example.com",
+            "report_sender": "postflow@example.com",
+        },
+        environ={"POSTFLOW_CONFIG": ""},
+    )
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return make_settings(tmp_path)
+
+
+def model_loader(settings, version):
+    assert version == "2"
+    return NearestMeanModel()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A week before WEEK as the champion's training window, then four days of WEEK whose
+    label mix and captions drifted; the report of WEEK built once for the tests below."""
+    settings = make_settings(tmp_path_factory.mktemp("report"))
+    lake = Lake.from_settings(settings)
+    lake.check()
+    prev = [(date(2026, 11, 9) + timedelta(days=i)).isoformat() for i in range(7)]
+    nxt = write_synthetic_days(lake, prev, 120, seed=1)
+    shifted = np.array([0.05, 0.05, 0.1, 0.1, 0.1, 0.2, 0.2, 0.2])
+    write_synthetic_days(
+        lake, WEEK.days[:4], 120, seed=2, priors=shifted, txt_shift=0.8, first_id=nxt
+    )
+    report = R.build(settings, WEEK, lake=lake, client=registry(), now=NOW, load_model=model_loader)
+    return settings, lake, report
+
+
+# -- weeks, PSI, champion -----------------------------------------------------------------------
+
+
+def test_week_arithmetic():
+    w = D.Week.parse("2026-W47")
+    assert (w.label, str(w.start), str(w.end), str(w.last_day)) == (
+        "2026-W47",
+        "2026-11-16",
+        "2026-11-23",
+        "2026-11-22",
+    )
+    assert w.days[0] == "2026-11-16" and w.days[-1] == "2026-11-22" and len(w.days) == 7
+    assert D.Week.of(datetime(2026, 11, 22, 23, 59, tzinfo=UTC)) == w
+    assert D.Week.of(datetime(2026, 11, 23, tzinfo=UTC)) == w.shift(1)
+    assert D.Week.parse("2026W05").label == "2026-W05"
+    assert D.Week.of("2027-01-01").label == "2026-W53"  # ISO years differ from calendar years
+    for bad in ("2026-47", "2025-W53", "W47"):
+        with pytest.raises(ValueError):
+            D.Week.parse(bad)
+    assert D.Week.last_complete(datetime(2026, 11, 23, 6, tzinfo=UTC)) == w
+
+
+def test_psi():
+    total, per_bin = D.psi([100, 100, 100], [100, 100, 100])
+    assert total == pytest.approx(0) and per_bin == pytest.approx([0, 0, 0])
+    total, per_bin = D.psi([50, 30, 20], [20, 30, 50])
+    assert total == pytest.approx(2 * 0.3 * np.log(2.5))
+    assert per_bin[1] == pytest.approx(0) and total > 0.2
+    assert D.psi([1, 0], [0, 1])[0] > 1  # empty bins are floored, not infinite
+    with pytest.raises(ValueError):
+        D.psi([0, 0], [1, 1])
+
+
+def test_champion_is_the_alias_now_and_the_history_for_a_backfilled_week():
+    versions, alias = D.registry_versions(registry(), "post-engagement")
+    assert [v["version"] for v in versions] == ["1", "2", "3"] and alias == "2"
+    champ, how = D.pick_champion(versions, alias, WEEK)
+    assert champ["version"] == "2" and "alias" in how
+    champ, how = D.pick_champion(versions, alias, D.Week(2026, 45))  # Nov 2..8
+    assert champ["version"] == "1" and "promoted" in how
+    assert D.pick_champion(versions, alias, D.Week(2026, 44)) == (None, "")
+    assert D.registry_versions(FakeClient(None), "post-engagement") == ([], None)
+
+
+# -- the whole report ---------------------------------------------------------------------------
+
+
+def test_report_numbers(built):
+    settings, lake, report = built
+    data = report.data
+    q = data["quality"]
+    assert [d["status"] for d in q["days"]] == ["ok"] * 4 + ["missing"] * 3
+    raw = sum(lake.read_manifest("posts_raw", d)["rows"] for d in WEEK.days[:4])
+    clean = sum(lake.read_manifest("posts_clean", d)["rows"] for d in WEEK.days[:4])
+    assert q["totals"]["ingested"] == raw == 480 and q["totals"]["clean"] == clean
+    assert q["totals"]["quarantined"] == raw - clean == sum(q["totals"]["reasons"].values())
+    assert any("No posts_etl data for 3 day(s)" in n for n in data["notes"])
+
+    lab = data["labels"]
+    assert lab["window"] == ["2026-11-09", "2026-11-22"]
+    assert sum(lab["train"]) + sum(lab["val"]) + sum(lab["test"]) == lab["rows"]
+    assert lab["rows"] == sum(
+        lake.read_manifest("posts_clean", d)["rows"] for d in lake.partitions("posts_clean")
+    )
+
+    assert [v["version"] for v in data["history"]["versions"]] == ["1", "2", "3"]
+    assert [v["champion"] for v in data["history"]["versions"]] == [False, True, False]
+    assert data["champion"]["version"] == "2"
+    assert data["champion"]["window"] == ["2026-11-09", "2026-11-15"]
+    assert data["champion"]["image_weights"] == "none" and data["champion"]["rows"] == 1002
+    assert [d["version"] for d in data["decisions"]] == ["3"]
+    assert data["decisions"][0]["promotion"] == "rejected"
+
+    e = data["evaluation"]
+    assert e["source"] == "live" and e["n"] == sum(lab["test"])
+    assert np.asarray(e["confusion_matrix"]).sum() == e["n"]
+    assert e["accuracy"] > 0.9  # the stand-in model knows the class means
+
+    dr = data["drift"]
+    assert dr["reference_window"] == ["2026-11-09", "2026-11-15"]
+    assert dr["labels"]["psi"] > settings.drift_psi_threshold and dr["labels"]["drifted"]
+    # captions moved as a whole (their length); photos only through the new class mix
+    cap, img = dr["embeddings"]["caption"], dr["embeddings"]["image"]
+    assert cap["psi_norm"] > settings.drift_psi_threshold > img["psi_norm"]
+    assert img["psi_pc1"] > settings.drift_psi_threshold
+    assert len(data["flags"]) == 3 and data["flags"][0].startswith("The labels that settled")
+    assert "image embeddings" in data["flags"][1] and "main direction" in data["flags"][1]
+    assert "caption embeddings" in data["flags"][2] and "length" in data["flags"][2]
+    assert {c["name"] for c in data["charts"]} == {
+        "label_histogram",
+        "model_history",
+        "confusion_matrix",
+        "data_quality",
+        "drift",
+    }
+
+
+def test_no_drift_against_the_same_distribution(settings, tmp_path):
+    lake = Lake.from_settings(settings)
+    days = [(date(2026, 11, 9) + timedelta(days=i)).isoformat() for i in range(14)]
+    write_synthetic_days(lake, days, 150, seed=5)
+    data = R.build(settings, WEEK, lake=lake, client=FakeClient([]), now=NOW).data
+    assert data["champion"] is None and data["evaluation"] is None
+    assert data["drift"]["reference_window"] == ["2026-11-02", "2026-11-15"]
+    assert data["drift"]["labels"]["psi"] < settings.drift_psi_threshold
+    assert data["flags"] == []
+
+
+def test_logged_confusion_matrix_when_there_are_no_features(settings):
+    lake = Lake.from_settings(settings)
+    write_synthetic_days(lake, WEEK.days, 60, seed=3, features=False)
+    data = R.build(settings, WEEK, lake=lake, client=registry(), now=NOW).data
+    e = data["evaluation"]
+    assert e["source"] == "mlflow" and e["accuracy"] == 0.9
+    assert "no features for the test posts" in e["source_text"]
+    assert any("logged when champion v2 was trained" in n for n in data["notes"])
+    assert data["drift"]["embeddings"] == {}
+
+
+def test_no_test_data_falls_back_to_the_logged_matrix_and_says_so(settings):
+    from ml.labels import assign_splits
+
+    lake = Lake.from_settings(settings)
+    first = next(i for i in range(1, 10_000) if set(assign_splits(range(i, i + 4), 4)) == {"train"})
+    write_synthetic_days(lake, WEEK.days[:1], 4, seed=4, first_id=first, bad_fraction=0)
+    data = R.build(settings, WEEK, lake=lake, client=registry(), now=NOW).data
+    assert data["labels"]["rows"] == 4 and sum(data["labels"]["test"]) == 0
+    assert any(n.startswith("No test data") for n in data["notes"])
+    assert data["evaluation"]["source"] == "mlflow"
+    assert "confusion_matrix" in {c["name"] for c in data["charts"]}
+    html = R.render_html(data, {}, None, "file:///x")
+    assert "No test data" in html and "logged when champion v2 was trained" in html
+
+
+def test_empty_week_without_champion(settings):
+    report = R.build(settings, WEEK, lake=Lake.from_settings(settings), client=FakeClient(None))
+    data = report.data
+    assert report.charts == [] and data["evaluation"] is None and data["champion"] is None
+    text = " ".join(data["notes"])
+    for expected in ("Empty week", "No model versions", "No champion", "No labelled posts"):
+        assert expected in text
+    html = R.render_html(data, {}, None, "file:///x")
+    assert "<img" not in html and "Empty week" in html and "There is no champion" in html
+    assert "no champion" in R.subject_of(data) and "no data" in R.subject_of(data)
+
+
+# -- archive and email --------------------------------------------------------------------------
+
+
+def test_archive_round_trip_and_email(built):
+    settings, lake, report = built
+    uri = R.archive(lake, report)
+    folder = Path(uri.removeprefix("file://"))
+    assert folder.name == "week=2026-W47"
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"_manifest.json", "report.json", "report.html", "report.txt"} | {
+        f"{c.name}.png" for c in report.charts
+    }
+    (folder / "stale.png").write_bytes(b"old")
+    R.archive(lake, report)  # re-running a week replaces its report
+    assert not (folder / "stale.png").exists()
+
+    archived = R.read_archive(lake, WEEK)
+    assert archived.data["week"] == "2026-W47" and set(archived.images) == {
+        c.name for c in report.charts
+    }
+    assert all(png.startswith(b"\x89PNG") for png in archived.images.values())
+    assert archived.html.count('src="data:image/png;base64,') == len(report.charts)
+
+    link = R.report_link(lake, WEEK, 3600)
+    assert link["url"].startswith("file://") and "local lake" in link["text"]
+    msg = R.build_email(archived, settings.report_sender, ["a@example.com"], link)
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=policy.default)
+    assert parsed.get_content_type() == "multipart/alternative"
+    text_part, related = parsed.get_payload()
+    assert text_part.get_content_type() == "text/plain"
+    assert related.get_content_type() == "multipart/related"
+    html_part, *images = related.get_payload()
+    html = html_part.get_content()
+    cids = set(re.findall(r'src="cid:([^"]+)"', html))
+    assert cids == {p["Content-ID"].strip("<>") for p in images} and len(cids) == 5
+    assert all(p.get_content_type() == "image/png" for p in images)
+    e = archived.data["evaluation"]
+    body = text_part.get_content()
+    assert f"accuracy {e['accuracy']:.3f}" in body and "480" in body
+    assert f"{e['accuracy']:.3f}" in html
+
+    (folder / "report.json").write_text("{}")
+    with pytest.raises(R.ArchiveError, match="does not match"):
+        R.read_archive(lake, WEEK)
+    with pytest.raises(R.ArchiveError, match="build it first"):
+        R.read_archive(lake, D.Week(2026, 1))
