@@ -1,8 +1,19 @@
-"""`make demo`: demo posts into MySQL, then `posts_etl` through real Airflow for a few days.
+"""`make demo`: demo posts into MySQL, then the whole pipeline through real Airflow.
 
-Everything lands under `.postflow/` (lake, photos, Airflow home with a sqlite metadata DB).
-The pipeline reads MySQL through a SELECT-only account created here with a fresh random
-password, handed to Airflow as the `posts_mysql` connection, as production would.
+1. `posts_etl` for each demo day (validated, sanitised, quarantined with reasons);
+2. `retrain` over those days (embed on CPU, train, register in MLflow, promotion gate);
+3. `weekly_report` for the week of the last day, mailed to a local SMTP catcher whose messages
+   are saved as `.eml` files.
+
+Everything lands under `.postflow/` (lake, photos, MLflow sqlite store and artifacts, Airflow
+home with a sqlite metadata DB, outbox). The pipeline reads MySQL through a SELECT-only account
+created here with a fresh random password, handed to Airflow as the `posts_mysql` connection,
+as production would.
+
+Demo defaults, each overridable by its environment variable: POSTFLOW_IMAGE_WEIGHTS=none
+(ResNet50 with RANDOM weights: ImageNet weights cannot be downloaded on an offline machine; the
+MLflow runs are tagged so) and POSTFLOW_LABEL_AGE_DAYS=0 (generated comment counts are final at
+once; production waits 7 days).
 """
 
 from __future__ import annotations
@@ -34,6 +45,10 @@ def _airflow_env() -> None:
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "POSTFLOW_LAKE": str(STATE / "lake"),
         "POSTFLOW_IMAGE_ROOT": str(STATE / "images"),
+        "POSTFLOW_MLFLOW_URI": f"sqlite:///{STATE}/mlflow.db",
+        "POSTFLOW_IMAGE_WEIGHTS": "none",
+        "POSTFLOW_LABEL_AGE_DAYS": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
@@ -70,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         help="exclusive end day (default: today UTC, so the last day shown is yesterday)",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--etl-only", action="store_true", help="stop after posts_etl (no retrain, no report)"
+    )
     args = parser.parse_args(argv)
     _airflow_env()
 
@@ -125,7 +143,122 @@ def main(argv: list[str] | None = None) -> int:
         run = dag.test(logical_date=logical)
         if str(run.state) != "success":
             failed.append(str(day))
-    return _summary(settings, days, failed)
+    rc = _summary(settings, days, failed)
+    if rc or args.etl_only:
+        return rc
+    settings = Settings.load()
+    rc = _retrain(dagbag, settings, days, truth.get("bayes_accuracy"))
+    return rc or _weekly_report(dagbag, settings, days[-1])
+
+
+def _retrain(dagbag, settings, days: list[date], bayes: float | None) -> int:
+    from ml.lake import Lake
+
+    if settings.image_weights == "none":
+        print(
+            "\n!!! retrain: ResNet50 with RANDOM weights (POSTFLOW_IMAGE_WEIGHTS=none): ImageNet "
+            "weights cannot be downloaded here. Point POSTFLOW_IMAGE_WEIGHTS at a resnet50 .pth "
+            "file for real image features. !!!"
+        )
+    print(f"retrain for {days[0]}..{days[-1]} (embedding on CPU takes a few minutes) ...")
+    t0 = time.monotonic()
+    run = dagbag.dags["retrain"].test(run_conf={"days": [str(d) for d in days]})
+    if str(run.state) != "success":
+        print("retrain FAILED: see the task logs above", file=sys.stderr)
+        return 1
+    lake = Lake.from_settings(settings)
+    feats = [lake.read_manifest("features", d) or {} for d in days]
+    print("=" * 78)
+    print(
+        f"features:    {sum(f.get('rows', 0) for f in feats)} posts embedded "
+        f"({lake.uri('features')}) in {time.monotonic() - t0:.0f}s for the whole retrain"
+    )
+    try:
+        _print_model(settings, bayes)
+    except Exception as exc:  # the run succeeded; a summary must not turn it into a failure
+        print(f"model:       (summary unavailable: {exc})")
+    return 0
+
+
+def _print_model(settings, bayes: float | None) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
+    name = settings.registered_model
+    latest = client.get_model_version_by_alias(name, "challenger")
+    champion = client.get_model_version_by_alias(name, "champion")
+    m = client.get_run(latest.run_id).data.metrics
+    print(
+        f"model:       {name} v{latest.version} ({latest.tags.get('postflow.promotion')}: "
+        f"{latest.tags.get('postflow.decision_reason')}); champion is v{champion.version}"
+    )
+    print(
+        f"test macro-F1: MLP {m['mlp_test_macro_f1']:.3f} | logistic "
+        f"{m['logistic_test_macro_f1']:.3f} | majority {m['majority_test_macro_f1']:.3f}"
+        f"   (MLP accuracy {m['mlp_test_accuracy']:.3f})"
+    )
+    if bayes:
+        print(
+            f"best achievable accuracy on these posts (Bayes, from the generator): {bayes:.3f}; "
+            f"the MLP reaches {m['mlp_test_accuracy'] / bayes:.0%} of it"
+        )
+    print(f"mlflow:      {settings.mlflow_uri}  (browse it with `make up`)")
+
+
+def _weekly_report(dagbag, settings, last_day: date) -> int:
+    from ml.report import Week
+
+    week = Week.of(datetime(last_day.year, last_day.month, last_day.day, tzinfo=UTC))
+    # A manual run whose logical date is the Monday 06:00 after the week reports on that week.
+    run_after = datetime.combine(week.start, datetime.min.time(), UTC) + timedelta(days=7, hours=6)
+    outbox = STATE / "outbox"
+    print(f"weekly_report for {week} ...", flush=True)
+    with _mail_catcher(outbox) as conn_json:
+        os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = conn_json
+        run = dagbag.dags["weekly_report"].test(logical_date=run_after)
+    if str(run.state) != "success":
+        print("weekly_report FAILED: see the task logs above", file=sys.stderr)
+        return 1
+    mails = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)
+    from ml.lake import Lake
+
+    print("=" * 78)
+    print(f"report:      {Lake.from_settings(settings).uri('reports', f'week={week}')}")
+    if mails:
+        print(f"email:       {mails[-1]}  (open it in any mail client)")
+    return 0
+
+
+class _mail_catcher:
+    """A real SMTP server on loopback that saves each message it accepts as an .eml file."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+
+    def __enter__(self) -> str:
+        import socket
+
+        from aiosmtpd.controller import Controller
+
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        outbox = self.outbox
+
+        class Save:
+            async def handle_DATA(self, server, session, envelope):
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+                (outbox / f"{stamp}.eml").write_bytes(envelope.original_content or b"")
+                return "250 saved"
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.controller = Controller(Save(), hostname="127.0.0.1", port=port)
+        self.controller.start()
+        extra = {"disable_ssl": True, "disable_tls": True, "timeout": 10, "retry_limit": 0}
+        return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra})
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
 
 
 def _summary(settings, days: list[date], failed: list[str]) -> int:
