@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.postflow-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test test-fast lint format bench lock clean
+.PHONY: help install demo test test-fast lint format bench lock clean up
 
 help:
 	@echo "make demo   - set up, generate demo posts and run posts_etl through Airflow for a few days"
 	@echo "make test   - set up and run the whole test suite (lint included)"
 	@echo "make bench  - performance figures (ratios against baselines measured in the same run)"
+	@echo "make up     - Airflow UI :8080 + MLflow UI :5000 with postflow's DAGs (demo data if posts is empty); Ctrl-C stops"
 	@echo "make lint   - ruff";  echo "make lock   - re-resolve requirements/constraints.txt"
 
 $(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
@@ -29,6 +30,9 @@ $(TEST_STAMP): $(STAMP) scripts/system-deps.sh
 
 demo: install
 	$(BIN)/python -m postflow_airflow.demo $(DEMO_ARGS)
+
+up: install
+	$(BIN)/python -m postflow_airflow.up $(UP_ARGS)
 
 test: install $(TEST_STAMP)
 	$(BIN)/ruff check .

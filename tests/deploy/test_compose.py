@@ -1,0 +1,321 @@
+"""docker-compose.yaml, read as data (no Docker engine here): the Compose Specification's JSON
+schema, the wiring between services, settings from .env only, no secret in the file."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml.config import Settings
+from tests.deploy.test_dockerfile import parse_dockerfile
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yaml"
+ENV_EXAMPLE = REPO / ".env.example"
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}, $NAME; $$ escapes
+VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])((?:[^{}]|\{[^{}]*\})*))?\}|\$(\w+)")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|JWT|TOKEN|PRIVATE", re.I)
+AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor"]
+AIRFLOW_SERVICES += ["airflow-triggerer"]
+
+
+def read_env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
+    """KEY=VALUE lines as compose reads them (`# comment` after an unquoted value)."""
+    out = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f".env.example: not KEY=VALUE: {raw!r}"
+        value = value.strip()
+        if value[:1] in {'"', "'"}:
+            value = value[1 : value.index(value[0], 1)]
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+        out[key.strip()] = value
+    return out
+
+
+def interpolate(node, env: dict[str, str]):
+    """Compose's variable interpolation over a loaded YAML tree."""
+    if isinstance(node, dict):
+        return {k: interpolate(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env) for v in node]
+    if not isinstance(node, str):
+        return node
+
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.group(1) or m.group(4), m.group(2), m.group(3)
+        value = env.get(name)
+        if op in {":-", "-"}:
+            unset = value is None or (op == ":-" and value == "")
+            return interpolate(arg, env) if unset else value
+        if op in {":?", "?"}:
+            if value is None or (op == ":?" and value == ""):
+                raise KeyError(f"{name} is required: {arg}")
+            return value
+        return value or ""
+
+    return VAR.sub(sub, node)
+
+
+def variables(node) -> list[tuple[str, str | None, str]]:
+    """(name, operator, argument) of every variable reference in the values of a YAML tree."""
+    if isinstance(node, dict):
+        return [v for value in node.values() for v in variables(value)]
+    if isinstance(node, list):
+        return [v for value in node for v in variables(value)]
+    if not isinstance(node, str):
+        return []
+    out = []
+    for m in VAR.finditer(node):
+        if m.group(0) != "$$":
+            out.append((m.group(1) or m.group(4), m.group(2), m.group(3) or ""))
+            out += variables(m.group(3) or "")
+    return out
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose(raw) -> dict:
+    """The file as compose sees it with .env.example as .env."""
+    return interpolate(raw, read_env_file())
+
+
+def _compose_schema() -> dict | None:
+    """The Compose Specification's JSON schema, as the check-jsonschema package vendors it."""
+    spec = importlib.util.find_spec("check_jsonschema")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "builtin_schemas/vendor/compose-spec.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def test_matches_the_compose_specification_schema(compose):
+    import jsonschema
+
+    schema = _compose_schema()
+    if schema is None:
+        pytest.skip(
+            "the Compose Specification schema comes from the check-jsonschema package "
+            "(builtin_schemas/vendor/compose-spec.json), which is not installed"
+        )
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+
+
+def test_structure(compose):
+    """What the schema would catch first, checked without it."""
+    assert set(compose) <= {"name", "services", "volumes", "networks", "secrets", "configs"} | {
+        k for k in compose if k.startswith("x-")
+    }
+    keys = {"image", "build", "command", "entrypoint", "environment", "volumes", "ports"}
+    keys |= {"healthcheck", "depends_on", "restart"}
+    for name, svc in compose["services"].items():
+        assert re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name), name
+        assert set(svc) <= keys, (name, set(svc) - keys)
+        assert isinstance(svc.get("environment", {}), dict), name
+        for key in ("command", "entrypoint"):
+            assert isinstance(svc.get(key, []), list), f"{name}.{key}: exec form"
+        hc = svc.get("healthcheck")
+        if hc:
+            assert hc["test"][0] in {"CMD", "CMD-SHELL"}, name
+            assert set(hc) <= {"test", "interval", "timeout", "retries", "start_period"}
+        assert svc.get("restart", "no") in {"no", "always", "unless-stopped", "on-failure"}
+
+
+def test_every_service_has_an_image_or_a_dockerfile_target(compose):
+    _, stages = parse_dockerfile((REPO / "Dockerfile").read_text())
+    names = {s.name for s in stages}
+    for name, svc in compose["services"].items():
+        assert "image" in svc or "build" in svc, name
+        if "build" in svc:
+            assert svc["build"]["context"] == "."
+            assert svc["build"]["target"] in names, (name, svc["build"]["target"])
+            assert svc["image"].startswith("postflow-" + svc["build"]["target"] + ":"), name
+        elif "image" in svc:
+            assert ":" in svc["image"] and not svc["image"].endswith(":latest"), name
+
+
+def test_long_running_services_have_healthchecks_and_one_shots_do_not_restart(compose):
+    services = compose["services"]
+    completed, healthy = set(), set()
+    for name, svc in services.items():
+        for dep, how in svc.get("depends_on", {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            assert dep != name
+            cond = how["condition"]
+            assert cond in {"service_healthy", "service_completed_successfully"}, (name, cond)
+            (completed if cond == "service_completed_successfully" else healthy).add(dep)
+    assert not completed & healthy
+    for name, svc in services.items():
+        if name in completed:
+            assert svc.get("restart") == "no" and "healthcheck" not in svc, name
+        else:
+            assert "healthcheck" in svc, f"{name} runs for good but has no healthcheck"
+            assert svc.get("restart") == "unless-stopped", name
+    assert {"airflow-init", "mysql-seed", "minio-init"} <= completed
+
+
+def test_depends_on_has_no_cycle(compose):
+    services = compose["services"]
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, " -> ".join((*path, name))
+        for dep in services[name].get("depends_on", {}):
+            visit(dep, (*path, name))
+
+    for name in services:
+        visit(name, ())
+
+
+def test_volumes_are_named_and_declared_and_bind_mounts_exist(compose):
+    declared = set(compose.get("volumes") or {})
+    used = set()
+    for name, svc in compose["services"].items():
+        for spec in svc.get("volumes", []):
+            source, target, *mode = spec.split(":")
+            assert target.startswith("/"), (name, spec)
+            if source.startswith((".", "/")):
+                assert source.startswith("./"), f"{name}: host paths only from the repo"
+                assert (REPO / source).exists(), f"{name}: {source} does not exist"
+                assert mode == ["ro"], f"{name}: repo files are mounted read-only"
+            else:
+                assert source in declared, f"{name}: volume {source} not declared"
+                used.add(source)
+    assert used == declared, f"declared but unused: {declared - used}"
+
+
+def test_every_variable_is_documented_in_env_example_and_used(raw):
+    env = read_env_file()
+    names = {name for name, _, _ in variables(raw)}
+    assert names <= set(env), f"not in .env.example: {sorted(names - set(env))}"
+    assert set(env) <= names, f"in .env.example but unused: {sorted(set(env) - names)}"
+
+
+def test_no_secret_in_the_compose_file(raw):
+    env = read_env_file()
+    for name, op, _ in variables(raw):
+        if SECRET_NAME.search(name):
+            assert op == ":?", f"${{{name}}} must be required (${{{name}:?...}}), no default"
+            assert env[name] == "change-me", f".env.example: {name} is a placeholder"
+    for name, svc in raw["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            if SECRET_NAME.search(key) and not key.endswith(("_FILE", "_PATH")):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", str(value)), (name, key, value)
+        for item in svc.get("command", []) + [json.dumps(svc.get("environment", {}))]:
+            for m in re.finditer(r"://([^/:@\s\"]+):([^@/\s\"]+)@", str(item)):
+                assert m.group(2).startswith("${"), f"{name}: literal password in a URI"
+
+
+def test_ports_are_published_on_loopback_only(compose):
+    published = {}
+    for name, svc in compose["services"].items():
+        for spec in svc.get("ports", []):
+            host_ip, host_port, container_port = str(spec).split(":")
+            assert host_ip == "127.0.0.1", f"{name}: {spec} listens beyond this machine"
+            assert host_port not in published, f"port {host_port} twice"
+            published[host_port] = name
+    assert {published[p] for p in published} == {
+        "airflow-apiserver",
+        "mlflow",
+        "mailpit",
+        "minio",
+    }
+    for name in ("postgres", "mysql"):
+        assert "ports" not in compose["services"][name], f"{name} stays inside the network"
+
+
+def test_airflow_services_share_one_configuration(compose):
+    envs = [compose["services"][s]["environment"] for s in AIRFLOW_SERVICES]
+    assert all(e == envs[0] for e in envs), "scheduler, API server ... must agree (JWT secret!)"
+    init = compose["services"]["airflow-init"]["environment"]
+    assert {k: init[k] for k in envs[0]} == envs[0]
+    assert {k for k in init if k not in envs[0]} == {
+        "AIRFLOW_ADMIN_PASSWORD",
+        "AIRFLOW_VIEWER_PASSWORD",
+    }, "login passwords only where the password file is written"
+
+
+def test_airflow_keeps_authentication_on(compose):
+    env = compose["services"]["airflow-apiserver"]["environment"]
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("simple_auth_manager.SimpleAuthManager")
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+    roles = dict(u.split(":") for u in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(","))
+    assert roles == {"admin": "admin", "viewer": "viewer"}
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:")
+
+
+def test_connections_and_postflow_settings(compose):
+    env = compose["services"]["airflow-scheduler"]["environment"]
+    mysql = json.loads(env["AIRFLOW_CONN_POSTS_MYSQL"])
+    assert mysql["conn_type"] == "mysql" and mysql["host"] == "mysql"
+    assert mysql["login"] == read_env_file()["POSTFLOW_READER_USER"] != "root"
+    seed = compose["services"]["mysql-seed"]["environment"]
+    assert seed["POSTFLOW_READER_USER"] == mysql["login"]
+    assert seed["POSTFLOW_READER_PASSWORD"] == mysql["password"]
+    smtp = json.loads(env["AIRFLOW_CONN_SMTP_DEFAULT"])
+    assert (smtp["conn_type"], smtp["host"], smtp["port"]) == ("smtp", "mailpit", 1025)
+
+    known = {f"POSTFLOW_{f.name.upper()}" for f in fields(Settings)} | {"POSTFLOW_CONFIG"}
+    for name, svc in compose["services"].items():
+        extra = {"POSTFLOW_READER_USER", "POSTFLOW_READER_PASSWORD"}  # seed script's own
+        unknown = {k for k in svc.get("environment", {}) if k.startswith("POSTFLOW_")}
+        assert unknown - known - extra == set(), (name, unknown - known - extra)
+    assert env["POSTFLOW_LAKE"].startswith("s3://")
+    assert env["POSTFLOW_S3_ENDPOINT"] == "http://minio:9000"
+    assert env["POSTFLOW_MLFLOW_URI"] == "http://mlflow:5000"
+    assert env["POSTFLOW_IMAGE_ROOT"] == seed["POSTFLOW_IMAGE_ROOT"]
+    Settings.load(environ={k: v for k, v in env.items() if k.startswith("POSTFLOW_")})
+
+
+def test_mlflow_has_basic_auth_and_a_postgres_store(compose):
+    mlflow = compose["services"]["mlflow"]
+    cmd = mlflow["command"]
+    assert cmd[0] == "server"
+    assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
+    assert cmd[cmd.index("--backend-store-uri") + 1].startswith("postgresql+psycopg2://mlflow:")
+    assert cmd[cmd.index("--artifacts-destination") + 1].startswith("s3://")
+    hosts = cmd[cmd.index("--allowed-hosts") + 1].split(",")
+    assert "mlflow:5000" in hosts, "Airflow reaches MLflow as mlflow:5000"
+    ini = REPO / "deploy/compose/mlflow-basic-auth.ini"
+    assert "admin_password" not in ini.read_text().replace("# admin_password", "")
+    assert mlflow["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+
+
+def test_scripts_the_services_run_are_valid(compose):
+    import ast
+
+    ast.parse((REPO / "deploy/compose/seed_mysql.py").read_text())
+    for script in ("airflow-init.sh", "minio-init.sh", "postgres-init.sh"):
+        path = REPO / "deploy/compose" / script
+        assert path.read_text().startswith("#!"), script
+        assert os.access(path, os.X_OK), f"{script} is executable"
+        assert "set -e" in path.read_text(), script
+
+
+def test_interpolation_follows_compose_rules():
+    env = {"A": "1", "EMPTY": ""}
+    assert interpolate("${A} ${B:-x} ${EMPTY:-d} ${EMPTY-d} $$HOME ${B:-${A}}", env) == (
+        "1 x d  $HOME 1"
+    )
+    with pytest.raises(KeyError):
+        interpolate("${EMPTY:?must be set}", env)
