@@ -16,6 +16,8 @@ BENCHES = {
     "images": "bench.bench_images",
     "validate": "bench.bench_validate",
     "report": "bench.bench_report",
+    "embed": "bench.bench_embed",
+    "train": "bench.bench_train",
 }
 
 

@@ -118,6 +118,8 @@ def model_history(history: dict[str, Any]) -> Chart | None:
         for model, style in (("majority", "--"), ("logistic", ":")):
             ys = [v[model][metric] if v[model][metric] is not None else nan for v in rows]
             ax.plot(x, ys, style, color=COLORS[model], label=f"{model} baseline", lw=1.5)
+            # a short level per version too: with one version a line alone draws nothing
+            ax.hlines(ys, x - 0.3, x + 0.3, colors=COLORS[model], linestyles=style, lw=1.5)
         ys = [v["mlp"][metric] if v["mlp"][metric] is not None else nan for v in rows]
         ax.plot(x, ys, "o-", color=COLORS["mlp"], label="model (MLP)", ms=4)
         for i, v in enumerate(rows):

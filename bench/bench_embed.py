@@ -1,0 +1,269 @@
+"""Embedding throughput: posts/s end to end (fetch + hash + decode + ResNet50 + MiniLM + Parquet
+write, i.e. `embed_partition` as `python -m ml embed` runs it) against the model-only ceiling.
+
+Setup (not timed): a temp lake with one `posts_clean` day of `--posts` demo posts (captions and
+photos from `ml.demo_data`, every photo a plain JPEG, 70% square, 15% 4:5, 15% 4:3, longest side
+`--image-size`) and the photos in a temp image root.
+
+Timed, all in this run:
+- ceiling: the same ImageEncoder + TextEncoder on pre-decoded uint8 tensors (already on the
+  device) and in-memory captions, batch by batch with captions in a second thread as the
+  pipeline does: no fetch, no decode, no write. Ratio = end_to_end / ceiling.
+- end to end: `embed_partition` over the day, models already loaded and warm.
+- incremental: `embed_partition` again on the same day (every post cached): its time as a
+  fraction of the first run (goal < 5%).
+- caption check: the text encoder alone (captions/s) against the image encoder alone (img/s).
+
+ResNet50 runs with RANDOM weights (`--image-weights none`): ImageNet weights cannot be
+downloaded here, and throughput does not depend on the weight values.
+
+    .venv/bin/python -m bench embed                      # CPU defaults: 192 posts, 512 px
+    .venv/bin/python bench/bench_embed.py --device cuda  # GPU defaults: 8192 posts, 1080 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+END = date(2026, 11, 21)  # the generated day is END - 1
+SEED = 7
+
+
+def build_day(root: Path, n: int, size: int, workers: int) -> tuple[object, str, list[str]]:
+    """A lake with posts_clean/ds=D of `n` clean posts and their JPEGs: (lake, ds, captions)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from ml import demo_data as dd
+    from ml.captions import sanitize_captions
+    from ml.lake import Lake
+    from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN
+
+    store = dd.ImageStore(str(root / "images"))
+    store.check()
+    p = dd.build_posts(n, 1, END, SEED, 1, 0.0, size, store.uri_prefix)
+    p.image_mode = ["jpeg"] * n  # the odd formats of the demo set are not what we time here
+    dd.write_images(p, store, SEED, workers)
+    captions = sanitize_captions(pd.Series(p.captions, dtype="object")).tolist()
+    table = pa.table(
+        {
+            "id": pa.array(p.ids, pa.int64()),
+            "author_id": pa.array(p.author, pa.int64()),
+            "caption": pa.array(captions, pa.large_string()),
+            "image_uri": pa.array(p.uris, pa.large_string()),
+            "hearts": pa.array(p.hearts, pa.int64()),
+            "comment_count": pa.array(p.comments, pa.int64()),
+            "created_at": pa.array(p.created_us, pa.timestamp("us")),
+            "updated_at": pa.array(p.updated_us, pa.timestamp("us")),
+            "image_format": pa.array(["JPEG"] * n, pa.string()),
+            "image_width": pa.array(p.width, pa.int32()),
+            "image_height": pa.array(p.height, pa.int32()),
+            "exif_orientation": pa.array(np.ones(n, np.int8), pa.int8()),
+        },
+        schema=CLEAN_SCHEMA,
+    )
+    lake = Lake(str(root / "lake"))
+    lake.check()
+    ds = (END - timedelta(days=1)).isoformat()
+    with lake.writer(DATASET_CLEAN, ds, CLEAN_SCHEMA) as w:
+        w.write(table)
+    return lake, ds, captions
+
+
+def predecode(image_root: Path, uris: list[str], workers: int):
+    """uint8 (N, 3, 224, 224) tensor of the photos, decoded as the CPU path decodes them."""
+    import torch
+
+    from ml.features import pillow_pixels
+    from ml.images import ImageStore
+
+    store = ImageStore(str(image_root))
+    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
+        return torch.stack(list(pool.map(lambda u: pillow_pixels(store.fetch(u)), uris)))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def model_pass(image_encoder, text_encoder, pixels, captions, batch: int, mode: str) -> float:
+    """Seconds for one pass over all posts, batch by batch like `embed_partition`:
+    mode "both" (captions in a second thread), "image" or "text"."""
+    n = len(captions)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="captions")
+    _sync(image_encoder.device)
+    t0 = time.perf_counter()
+    try:
+        for i in range(0, n, batch):
+            sl = slice(i, min(n, i + batch))
+            fut = pool.submit(text_encoder.encode, captions[sl]) if mode != "image" else None
+            if mode != "text":
+                image_encoder.encode(pixels[sl])  # returns numpy: waits for the device
+            if fut is not None:
+                fut.result()
+        _sync(image_encoder.device)
+        return time.perf_counter() - t0
+    finally:
+        pool.shutdown(wait=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    from ml.config import Settings
+    from ml.features import (
+        EmbedOptions,
+        ImageEncoder,
+        RandomWeightsWarning,
+        TextEncoder,
+        _worker_context,
+        embed_partition,
+        resolve_device,
+    )
+    from ml.images import ImageStore
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
+    ap.add_argument("--posts", type=int, default=None, help="default 192 on CPU, 8192 on GPU")
+    ap.add_argument("--image-size", type=int, default=None, help="default 512 CPU, 1080 GPU")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 32 CPU, 256 GPU")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (as ml embed)")
+    ap.add_argument("--decode", choices=["auto", "pillow", "device"], default="auto")
+    ap.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the image model")
+    args = ap.parse_args(argv)
+
+    device = resolve_device(args.device)
+    gpu = device.startswith("cuda")
+    n = args.posts or (8192 if gpu else 192)
+    size = args.image_size or (1080 if gpu else 512)
+    batch = args.batch_size or (256 if gpu else 32)
+    cores = os.cpu_count() or 1
+    workers = (
+        args.workers if args.workers is not None else min(8, max(1, Settings().workers - 1))
+    )  # the same default as `python -m ml embed`
+
+    with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        lake, ds, captions = build_day(root, n, size, cores)
+        uris = lake.read_partition("posts_clean", ds, columns=["image_uri"])["image_uri"]
+        sizes = [f.stat().st_size for f in (root / "images").rglob("*.jpg")]
+        print(
+            f"setup: {n} posts, JPEG longest side {size}px, {np.mean(sizes) / 1e3:.0f} KB mean, "
+            f"in {time.perf_counter() - t:.1f}s"
+        )
+        print(
+            f"device={device} batch={batch} workers={workers} precision={args.precision} "
+            f"compile={args.compile} decode={args.decode} torch_threads={torch.get_num_threads()}"
+        )
+        print("NOTE: ResNet50 with RANDOM weights (--image-weights none); speed is the same")
+
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        # tqdm's monitor thread (started by the model loading bars) would leave this process
+        # multi-threaded, and `embed_partition` then starts DataLoader workers with spawn (about
+        # 3 s more per run here) where `python -m ml embed`, which loads its models lazily after
+        # the workers start, forks them. Without the monitor this process forks too, like the CLI.
+        import tqdm.std
+
+        tqdm.std.tqdm.monitor_interval = 0
+        image_encoder = ImageEncoder("none", device, batch, args.precision, args.compile, seed=0)
+        text_encoder = TextEncoder(None, device, batch_size=max(batch, 256))
+        t = time.perf_counter()
+        image_encoder.load()
+        text_encoder.load()
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        warm = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
+        for _ in range(3 if args.compile else 1):
+            image_encoder.encode(warm)
+        text_encoder.encode(captions[:batch])
+        print(f"models loaded in {load_s:.1f}s, warmed up in {time.perf_counter() - t:.1f}s")
+
+        t = time.perf_counter()
+        pixels = predecode(root / "images", uris.to_pylist(), cores).to(device)
+        print(f"pre-decoded {n} photos for the ceiling in {time.perf_counter() - t:.1f}s")
+
+        ceiling_s = model_pass(image_encoder, text_encoder, pixels, captions, batch, "both")
+        ceiling = n / ceiling_s
+        print(f"model-only ceiling (both encoders): {ceiling:9.1f} posts/s  ({ceiling_s:.1f}s)")
+
+        store = functools.partial(ImageStore, str(root / "images"))
+        print(f"DataLoader workers start with: {_worker_context()}")
+        opts = EmbedOptions(batch_size=batch, workers=workers, decode=args.decode)
+        t = time.perf_counter()
+        first = embed_partition(lake, ds, store, image_encoder, text_encoder, opts)
+        e2e_s = time.perf_counter() - t
+        e2e = n / e2e_s
+        if first["computed"] != n or first["skipped"]:
+            print(f"WARNING: first run computed {first['computed']}, skipped {first['skipped']}")
+        print(f"end to end (embed_partition)      : {e2e:9.1f} posts/s  ({e2e_s:.1f}s)")
+        print(f"ratio end_to_end / ceiling        : {e2e / ceiling:9.2f}x")
+
+        t = time.perf_counter()
+        again = embed_partition(lake, ds, store, image_encoder, text_encoder, opts)
+        inc_s = time.perf_counter() - t
+        if again["cached"] != n or again["computed"]:
+            print(f"WARNING: re-run cached {again['cached']}, computed {again['computed']}")
+        frac = inc_s / e2e_s
+        print(
+            f"incremental re-run (all cached)   : {inc_s:9.2f}s = {100 * frac:.1f}% of the first "
+            f"run (goal < 5%)"
+        )
+
+        # caption check on the first few batches (the image pass is the slow one on CPU)
+        m = min(n, 4 * batch)
+        pix_m, cap_m = pixels[:m], captions[:m]
+        image_s = model_pass(image_encoder, text_encoder, pix_m, cap_m, batch, "image")
+        text_s = min(
+            model_pass(image_encoder, text_encoder, pix_m, cap_m, batch, "text") for _ in range(3)
+        )
+        img_rate, cap_rate = m / image_s, m / text_s
+        print(f"image encoder alone ({m} posts)   : {img_rate:9.1f} img/s")
+        print(
+            f"text encoder alone                : {cap_rate:9.1f} captions/s "
+            f"({cap_rate / img_rate:.1f}x the image encoder: "
+            f"{'not' if cap_rate > img_rate else 'IS'} the bottleneck)"
+        )
+    print(
+        f"RESULT embed_posts_per_s={e2e:.1f} ceiling_posts_per_s={ceiling:.1f} "
+        f"ratio={e2e / ceiling:.2f}x incremental_fraction={frac:.3f} "
+        f"captions_per_s={cap_rate:.0f} image_only_per_s={img_rate:.1f} device={device} "
+        f"posts={n} image_size={size} batch={batch} weights=random"
+    )
+    return {
+        "device": device,
+        "posts": n,
+        "image_size": size,
+        "batch_size": batch,
+        "embed_posts_per_s": e2e,
+        "ceiling_posts_per_s": ceiling,
+        "ratio": e2e / ceiling,
+        "incremental_seconds": inc_s,
+        "first_run_seconds": e2e_s,
+        "incremental_fraction": frac,
+        "captions_per_s": cap_rate,
+        "image_only_per_s": img_rate,
+        "model_load_seconds": load_s,
+        "weights": "random",
+    }
+
+
+if __name__ == "__main__":
+    main()
