@@ -494,38 +494,22 @@ def run_artifact_json(client: Any, run_id: str, name: str) -> Any | None:
 
 def test_features(lake: Any, split: LabelSplit) -> tuple[np.ndarray, np.ndarray, int]:
     """(X float32 (n, 2432), y) of the test posts that have features; and how many had none."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from ml.features import IMG_DIM, TXT_DIM, _partition_files, _vectors
+    from ml.train import N_FEATURES, read_features
 
     test = split.split == "test"
     ids, ds, y = split.ids[test], split.ds[test], split.y[test]
     xs, ys = [], []
     for d in sorted(set(ds.tolist())):
         sel_ids, sel_y = ids[ds == d], y[ds == d]
-        files = _partition_files(lake, "features", d)
-        if not files:
+        found = read_features(lake, d, sel_ids)
+        if found is None or len(found[0]) == 0:
             continue
-        flt = pc.field("post_id").isin(pa.array(sel_ids, pa.int64()))
-        ft = pa.concat_tables(
-            [
-                pq.read_table(f, columns=["post_id", "img", "txt"], filters=flt, filesystem=lake.fs)
-                for f in files
-            ]
-        )
-        if ft.num_rows == 0:
-            continue
-        pid = ft["post_id"].to_numpy()
-        _, first = np.unique(pid, return_index=True)
-        ft = ft.take(pa.array(first))
-        pid = ft["post_id"].to_numpy()
+        pid, X_d, _ = found
         order = np.argsort(sel_ids)
-        xs.append(np.concatenate([_vectors(ft["img"], IMG_DIM), _vectors(ft["txt"], TXT_DIM)], 1))
+        xs.append(X_d)
         ys.append(sel_y[order][np.searchsorted(sel_ids[order], pid)])
     if not xs:
-        return np.zeros((0, IMG_DIM + TXT_DIM), np.float32), np.zeros(0, np.int64), int(len(ids))
+        return np.zeros((0, N_FEATURES), np.float32), np.zeros(0, np.int64), int(len(ids))
     X = np.concatenate(xs).astype(np.float32)
     return X, np.concatenate(ys), int(len(ids) - len(X))
 

@@ -99,6 +99,38 @@ class TrainingData:
     window: tuple[str, str]
 
 
+def read_features(
+    lake: Any, ds: str, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[set[str], set[str]]] | None:
+    """Features of `ids` in `features/ds`: (post ids found, sorted; float32 X (n, 2432);
+    (image models, text models)), or None when the day has no features partition. The one
+    place features are read back, for training and for scoring the champion alike."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ml.features import FEATURES_SCHEMA, IMG_DIM, TXT_DIM, _partition_files, _vectors
+
+    files = _partition_files(lake, "features", ds)
+    if not files:
+        return None
+    flt = pc.field("post_id").isin(pa.array(ids, pa.int64()))
+    ft = pa.concat_tables(
+        [pq.read_table(f, filters=flt, filesystem=lake.fs) for f in files]
+    ).select(FEATURES_SCHEMA.names)
+    if ft.num_rows == 0:
+        return np.zeros(0, np.int64), np.zeros((0, N_FEATURES), np.float32), (set(), set())
+    pid = ft["post_id"].to_numpy()
+    _, first = np.unique(pid, return_index=True)  # sorted, one row per post
+    ft = ft.take(pa.array(first))
+    X = np.concatenate([_vectors(ft["img"], IMG_DIM), _vectors(ft["txt"], TXT_DIM)], axis=1)
+    models = (
+        set(ft["image_model"].unique().to_pylist()),
+        set(ft["text_model"].unique().to_pylist()),
+    )
+    return ft["post_id"].to_numpy(), X.astype(np.float32), models
+
+
 def load_dataset(
     lake: Any,
     start: str,
@@ -108,12 +140,6 @@ def load_dataset(
     min_hearts: int = MIN_HEARTS,
 ) -> TrainingData:
     """Features joined with labels over the window (see the module docstring)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from ml.features import FEATURES_SCHEMA, IMG_DIM, TXT_DIM, _partition_files, _vectors
-
     labels = load_labels(lake, start, end, label_age_days, min_hearts)
     lab_ids = labels["id"].to_numpy()
     lab_ds = np.asarray(labels["ds"].to_pylist(), dtype=object)
@@ -121,29 +147,18 @@ def load_dataset(
     xs, ids_out, cc_out, im_models, tm_models = [], [], [], set(), set()
     for d in sorted(set(lab_ds.tolist())):
         sel = lab_ids[lab_ds == d]
-        flt = pc.field("post_id").isin(pa.array(sel, pa.int64()))
-        files = _partition_files(lake, "features", d)
-        if not files:
+        found = read_features(lake, d, sel)
+        if found is None:
             log.warning("no features partition for %s: %d labelled posts left out", d, len(sel))
             continue
-        ft = pa.concat_tables(
-            [pq.read_table(f, filters=flt, filesystem=lake.fs) for f in files]
-        ).select(FEATURES_SCHEMA.names)
-        if ft.num_rows == 0:
+        pid, X_d, models = found
+        if len(pid) == 0:
             continue
-        pid = ft["post_id"].to_numpy()
-        _, first = np.unique(pid, return_index=True)
-        ft = ft.take(pa.array(first))
-        pid = ft["post_id"].to_numpy()
-        xs.append(
-            np.concatenate(
-                [_vectors(ft["img"], IMG_DIM), _vectors(ft["txt"], TXT_DIM)], axis=1
-            ).astype(np.float32)
-        )
+        xs.append(X_d)
         ids_out.append(pid)
         cc_out.append(lab_cc[np.searchsorted(lab_ids, pid)])  # labels are sorted by id
-        im_models |= set(ft["image_model"].unique().to_pylist())
-        tm_models |= set(ft["text_model"].unique().to_pylist())
+        im_models |= models[0]
+        tm_models |= models[1]
     if ids_out:
         ids = np.concatenate(ids_out)
         order = np.argsort(ids, kind="stable")
