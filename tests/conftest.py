@@ -35,7 +35,10 @@ os.environ.update(
     }
 )
 # Tests never read a developer's postflow.toml or POSTFLOW_* environment by accident.
-for _key in [k for k in os.environ if k.startswith("POSTFLOW_")]:
+# (POSTFLOW_TEST_* name the test servers themselves and stay.)
+for _key in [
+    k for k in os.environ if k.startswith("POSTFLOW_") and not k.startswith("POSTFLOW_TEST_")
+]:
     del os.environ[_key]
 os.environ["POSTFLOW_CONFIG"] = ""  # empty: read no settings file
 

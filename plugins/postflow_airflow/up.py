@@ -2,11 +2,16 @@
 
 - Seeds demo posts into MySQL when the `posts` table is empty (`demo.py`'s data and its
   SELECT-only account, whose fresh password reaches Airflow only as `AIRFLOW_CONN_POSTS_MYSQL`).
-- Runs `airflow standalone` (scheduler, DAG processor, triggerer, API server; LocalExecutor on a
-  sqlite metadata DB) with AIRFLOW_HOME under `.postflow/airflow`, the repo's `dags/` and
-  `plugins/`, no example DAGs, and SimpleAuthManager users `admin` (role admin) and `viewer`
-  (role viewer) whose passwords are generated once, printed once, and kept in a 0600 file.
-  Authentication stays on (`simple_auth_manager_all_admins` is False).
+- Runs `airflow standalone` (scheduler, DAG processor, triggerer, API server; LocalExecutor)
+  with AIRFLOW_HOME under `.postflow/airflow`, the repo's `dags/` and `plugins/`, no example
+  DAGs, and SimpleAuthManager users `admin` (role admin) and `viewer` (role viewer) whose
+  passwords are generated once, printed once, and kept in a 0600 file. Authentication stays on
+  (`simple_auth_manager_all_admins` is False).
+- Metadata DB: `--metadata-db URL`, else AIRFLOW__DATABASE__SQL_ALCHEMY_CONN when set, else a
+  sqlite file in AIRFLOW_HOME (no set-up; but Airflow may refuse a backfill there with 503
+  "Database is locked" while the scheduler writes). PostgreSQL example:
+  `make up UP_ARGS='--metadata-db postgresql+psycopg2://USER:PASS@127.0.0.1:5432/airflow'`
+  (the database must exist; `airflow db migrate` creates the tables).
 - Runs `mlflow server --workers 1` on the pipeline's own MLflow store (POSTFLOW_MLFLOW_URI).
 
 The helpers (environment, start, wait, stop, token, REST calls) are what the integration test
@@ -16,8 +21,10 @@ The helpers (environment, start, wait, stop, token, REST calls) are what the int
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -40,6 +47,12 @@ USERS: dict[str, str] = {"admin": "admin", "viewer": "viewer"}
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
+METADATA_DB_ENV = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+ASYNC_DB_ENV = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"
+# Airflow also opens an async engine on its metadata DB, with a driver it picks from the URL's
+# scheme (airflow.settings._get_async_conn_uri_from_sync); only a few async endpoints use it.
+ASYNC_DRIVERS = {"postgresql": "asyncpg", "mysql": "aiomysql"}
+PG_EXAMPLE = "postgresql+psycopg2://USER:PASS@127.0.0.1:5432/airflow"
 
 
 @dataclass(frozen=True)
@@ -83,8 +96,13 @@ def airflow_environment(
     extra: Mapping[str, str] | None = None,
     users: Mapping[str, str] = USERS,
     parallelism: int = 4,
+    metadata_db: str | None = None,
 ) -> dict[str, str]:
-    """The environment of `airflow standalone` and of every component and task it starts."""
+    """The environment of `airflow standalone` and of every component and task it starts.
+
+    `metadata_db` is a SQLAlchemy URL (PostgreSQL, MySQL); None: `airflow.db` (sqlite) in
+    `home`. An AIRFLOW__DATABASE__SQL_ALCHEMY_CONN in os.environ is not used here (main()
+    passes it on explicitly), so a caller's own Airflow settings never leak in by accident."""
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     env.update(
@@ -96,7 +114,7 @@ def airflow_environment(
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            METADATA_DB_ENV: metadata_db or sqlite_url(home),
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
@@ -113,12 +131,35 @@ def airflow_environment(
         }
     )
     env.update(extra or {})
+    if ASYNC_DB_ENV not in env and missing_async_driver(env[METADATA_DB_ENV]):
+        # Without its driver Airflow cannot even start; "" = no async engine: its few async-only
+        # paths (a DAG run's `/wait` endpoint, the state store's async calls) then fail.
+        env[ASYNC_DB_ENV] = ""
     return env
 
 
+def sqlite_url(home: Path) -> str:
+    return f"sqlite:///{home}/airflow.db"
+
+
+def is_sqlite(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0] == "sqlite"
+
+
+def missing_async_driver(url: str) -> str | None:
+    """The async driver Airflow would use for `url` when it is not installed, else None."""
+    driver = ASYNC_DRIVERS.get(url.split(":", 1)[0].split("+", 1)[0])
+    return driver if driver and importlib.util.find_spec(driver) is None else None
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (if any) shown as ***."""
+    return re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
 def prepare_metadata_db(env: Mapping[str, str]) -> None:
-    """`airflow db migrate`, then sqlite's WAL journal: readers stop blocking writers, which
-    the scheduler, DAG processor and API server all are (fewer "database is locked")."""
+    """`airflow db migrate`; on sqlite, then its WAL journal: readers stop blocking writers,
+    which the scheduler, DAG processor and API server all are (fewer "database is locked")."""
     subprocess.run(
         [str(VENV_BIN / "airflow"), "db", "migrate"],
         env=dict(env),
@@ -126,9 +167,10 @@ def prepare_metadata_db(env: Mapping[str, str]) -> None:
         check=True,
         capture_output=True,
     )
-    db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
-    with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+    url = env[METADATA_DB_ENV]
+    if is_sqlite(url):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
 
 
 def start_airflow(env: Mapping[str, str], log: BinaryIO | None = None) -> subprocess.Popen:
@@ -292,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI (0 = none)")
     ap.add_argument("--posts", type=int, default=3000, help="demo posts when posts is empty")
     ap.add_argument("--days", type=int, default=3)
+    ap.add_argument(
+        "--metadata-db",
+        metavar="URL",
+        default=os.environ.get(METADATA_DB_ENV) or None,
+        help=f"Airflow's metadata DB, e.g. {PG_EXAMPLE} (default: ${METADATA_DB_ENV} if set, "
+        "else sqlite in AIRFLOW_HOME)",
+    )
     args = ap.parse_args(argv)
     # Ctrl-C and `kill` both stop the stack (a shell may start us with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -323,9 +372,24 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"AIRFLOW_CONN_POSTS_MYSQL": reader.uri()}
     if args.mlflow_port and not os.environ.get("POSTFLOW_MLFLOW_UI_URL"):
         extra["POSTFLOW_MLFLOW_UI_URL"] = f"http://127.0.0.1:{args.mlflow_port}"
-    env = airflow_environment(home, args.port, creds, extra)
-    print(f"Airflow home {home}: migrating the metadata DB ...", flush=True)
-    prepare_metadata_db(env)
+    env = airflow_environment(home, args.port, creds, extra, metadata_db=args.metadata_db)
+    metadata_db = env[METADATA_DB_ENV]
+    print(
+        f"Airflow home {home}: migrating the metadata DB {redact_url(metadata_db)} ...", flush=True
+    )
+    if is_sqlite(metadata_db):
+        print("hint: backfills are more reliable on PostgreSQL: make up "
+              f"UP_ARGS='--metadata-db {PG_EXAMPLE}'", flush=True)  # fmt: skip
+    elif env.get(ASYNC_DB_ENV) == "" and (driver := missing_async_driver(metadata_db)):
+        print(f"note: {driver} is not installed: Airflow runs without its async DB engine "
+              "(a DAG run's /wait endpoint, async state-store calls fail)")  # fmt: skip
+    try:
+        prepare_metadata_db(env)
+    except subprocess.CalledProcessError as exc:
+        tail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-5:]
+        print(f"make up: `airflow db migrate` failed on {redact_url(metadata_db)}:", *tail,
+              sep="\n", file=sys.stderr)  # fmt: skip
+        return 2
 
     logs = STATE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -343,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_http(f"{base}/api/v2/monitor/health", airflow)
         if "mlflow" in procs:
             wait_http(f"{mlflow_url}/health", procs["mlflow"], timeout=120)
-        _banner(base, mlflow_url, creds, rows, reader, logs)
+        _banner(base, mlflow_url, creds, rows, reader, logs, metadata_db)
         while all(p.poll() is None for p in procs.values()):
             time.sleep(1)
         dead = [name for name, p in procs.items() if p.poll() is not None]
@@ -364,7 +428,9 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _banner(base: str, mlflow_url: str, creds: Credentials, rows: int, reader, logs) -> None:
+def _banner(
+    base: str, mlflow_url: str, creds: Credentials, rows: int, reader, logs, metadata_db: str
+) -> None:
     print("=" * 78)
     print(f"Airflow UI   {base}/dags/posts_etl   (REST API {base}/api/v2, docs {base}/docs)")
     print(f"MLflow UI    {mlflow_url}")
@@ -374,9 +440,11 @@ def _banner(base: str, mlflow_url: str, creds: Credentials, rows: int, reader, l
     if not creds.created:
         print(f"passwords    in {creds.passwords_file} (generated on the first `make up`)")
     print(f"source       MySQL {reader.describe()} (SELECT only, {rows} posts)")
+    print(f"metadata DB  {redact_url(metadata_db)}")
     print(f"logs         {logs}/  and task logs under {STATE / 'airflow' / 'logs'}/")
-    print("backfill     posts_etl → Trigger → Backfill, or POST /api/v2/backfills (on this")
-    print("             sqlite DB a backfill may be refused with 'Database is locked': retry)")
+    print("backfill     posts_etl → Trigger → Backfill, or POST /api/v2/backfills")
+    if is_sqlite(metadata_db):  # Airflow answers 503 when sqlite is locked by the scheduler
+        print("             (on sqlite it may be refused: 'Database is locked'; retry it)")
     print("Ctrl-C stops Airflow and MLflow.")
     print("=" * 78, flush=True)
 

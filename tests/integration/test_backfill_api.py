@@ -2,6 +2,12 @@
 starts it (`postflow_airflow.up`: `airflow standalone`, LocalExecutor, SimpleAuthManager with
 authentication on), reading demo posts in MySQL through a SELECT-only account.
 
+Airflow's metadata DB is a fresh PostgreSQL database (`pf_airflow_<random>`, dropped at the
+end) on the server at POSTFLOW_TEST_PG_HOST/PORT/USER/PASSWORD (default postgres@127.0.0.1:5432,
+no password), as in production. Only when that server is unreachable does the test fall back
+to sqlite (with a warning), where Airflow may refuse a backfill with 503 "Database is locked"
+while the scheduler writes: that path alone keeps the workarounds (see `_backfill_on_sqlite`).
+
 One Airflow for the module (it takes a minute to start on 2 cores): two backfills, the second
 over an overlapping range with `reprocess_behavior=completed`, then access control, log
 masking and a screenshot of the DAG's grid in headless Chromium, logged in with a JWT cookie.
@@ -19,6 +25,8 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+import uuid
+import warnings
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -40,10 +48,18 @@ TASKS = ["extract_posts", "validate_posts", "reconcile_posts"]
 LINKS_JS = 'Array.from(document.querySelectorAll("a[href]"), a => a.getAttribute("href"))'
 FOLD_DETAILS_JS = "document.querySelector(\"button[aria-label='Collapse Details Panel']\")?.click()"
 
+PG_HOST = os.environ.get("POSTFLOW_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("POSTFLOW_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("POSTFLOW_TEST_PG_USER", "postgres")
+PG_PASSWORD = os.environ.get("POSTFLOW_TEST_PG_PASSWORD", "")
+
 
 class Stack:
-    def __init__(self, base: str, tokens: dict[str, str], passwords: dict[str, str]) -> None:
+    def __init__(
+        self, base: str, tokens: dict[str, str], passwords: dict[str, str], pg_db: str | None
+    ) -> None:
         self.base, self.tokens, self.passwords = base, tokens, passwords
+        self.pg_db = pg_db  # the PostgreSQL metadata database; None: sqlite (fallback)
 
     def call(self, method: str, path: str, body=None, user: str | None = "admin"):
         return up.api(self.base, self.tokens.get(user) if user else None, method, path, body)
@@ -69,9 +85,83 @@ def source(tmp_path_factory):
     db.drop()
 
 
+def _pg_connect(dbname: str = "postgres"):
+    import psycopg2
+
+    conn = psycopg2.connect(
+        host=PG_HOST,
+        port=PG_PORT,
+        user=PG_USER,
+        password=PG_PASSWORD or None,
+        dbname=dbname,
+        connect_timeout=5,
+    )
+    conn.autocommit = True
+    return conn
+
+
+def _pg_drop(name: str) -> None:
+    """Terminate the database's sessions (Airflow's, if any outlived it), then drop it."""
+    from psycopg2 import errors, sql
+
+    conn = _pg_connect()
+    try:
+        with conn.cursor() as cur:
+            for attempt in range(5):
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                try:
+                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+                    return
+                except errors.ObjectInUse:  # a session came back in between
+                    if attempt == 4:
+                        raise
+                    time.sleep(1)
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="module")
-def stack(source, tmp_path_factory):
+def metadata_db():
+    """(URL, PostgreSQL database name): a fresh database on the test PostgreSQL server, dropped
+    afterwards; (None, None) when the server is unreachable: `up`'s sqlite default."""
+    import psycopg2
+    from psycopg2 import sql
+
+    try:
+        conn = _pg_connect()
+    except psycopg2.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        warnings.warn(
+            f"PostgreSQL unreachable at {PG_USER}@{PG_HOST}:{PG_PORT} ({reason}): "
+            "Airflow's metadata DB falls back to sqlite (set POSTFLOW_TEST_PG_HOST/PORT/USER/"
+            "PASSWORD)",
+            stacklevel=1,
+        )
+        yield None, None
+        return
+    name = f"pf_airflow_{uuid.uuid4().hex[:10]}"
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    login = urllib.parse.quote(PG_USER, safe="")
+    if PG_PASSWORD:
+        login += ":" + urllib.parse.quote(PG_PASSWORD, safe="")
+    try:
+        yield f"postgresql+psycopg2://{login}@{PG_HOST}:{PG_PORT}/{name}", name
+    finally:
+        _pg_drop(name)
+
+
+@pytest.fixture(scope="module")
+def stack(source, metadata_db, tmp_path_factory):
     db, settings = source
+    metadata_url, pg_db = metadata_db
     home = Path(tempfile.mkdtemp(prefix="postflow-up-"))
     creds = up.ensure_credentials(home)
     port = free_port()
@@ -90,6 +180,7 @@ def stack(source, tmp_path_factory):
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         },
         parallelism=3,
+        metadata_db=metadata_url,  # None: sqlite in `home`
     )
     up.prepare_metadata_db(env)
     log = open(home / "standalone.log", "wb")
@@ -98,7 +189,7 @@ def stack(source, tmp_path_factory):
     try:
         up.wait_http(f"{base}/api/v2/monitor/health", proc, timeout=300)
         tokens = {u: up.get_token(base, u, creds.passwords[u]) for u in up.USERS}
-        stack = Stack(base, tokens, creds.passwords)
+        stack = Stack(base, tokens, creds.passwords, pg_db)
         _wait_dag_parsed(stack)
         yield stack
     except Exception:
@@ -131,12 +222,8 @@ def _set_paused(stack: Stack, paused: bool) -> None:
 
 
 def _backfill(stack: Stack, days: list[date], reprocess: str) -> dict:
-    """Create a backfill with the DAG paused, then unpause it.
-
-    On sqlite, creating a backfill while the scheduler writes can fail with 503 "Database is
-    locked" (Airflow then rolls the backfill back); with the DAG paused the scheduler leaves
-    its runs alone, and a 503 is retried."""
-    _set_paused(stack, True)
+    """`POST /api/v2/backfills` once, on the unpaused DAG, as a user would: on PostgreSQL it
+    must be accepted the first time."""
     body = {
         "dag_id": "posts_etl",
         "from_date": _day(days[0]),
@@ -144,6 +231,20 @@ def _backfill(stack: Stack, days: list[date], reprocess: str) -> dict:
         "reprocess_behavior": reprocess,
         "max_active_runs": 3,
     }
+    if stack.pg_db is None:
+        return _backfill_on_sqlite(stack, body)
+    status, created = stack.call("POST", "/api/v2/backfills", body)
+    assert status == 200, (status, created)
+    return created
+
+
+def _backfill_on_sqlite(stack: Stack, body: dict) -> dict:
+    """Workarounds for the sqlite fallback only (PostgreSQL unreachable), not Airflow's real
+    behaviour on a production metadata DB: creating a backfill while the scheduler writes can
+    fail there with 503 "Database is locked" (Airflow then deletes the partial backfill and
+    its runs), so the DAG is paused while the backfill is created (the scheduler leaves its
+    runs alone) and a 503 is retried; up.prepare_metadata_db also turns on WAL for sqlite."""
+    _set_paused(stack, True)
     for _ in range(5):
         status, created = stack.call("POST", "/api/v2/backfills", body)
         if status != 503:
@@ -219,6 +320,9 @@ def backfilled(stack, source):
     lake = Lake.from_settings(settings)
     expected = _source_counts(db, [D1, D2, D3, D4])
     assert all(expected.values()), expected
+    # Airflow creates the DAG paused (dags_are_paused_at_creation) and runs no run of a paused
+    # DAG, backfills included: unpause it once, as in the UI (no schedule: use_job_schedule off)
+    _set_paused(stack, False)
 
     t0 = time.monotonic()
     first = _backfill(stack, FIRST, "none")
@@ -249,6 +353,17 @@ def test_backfills_write_each_day_once(backfilled, stack):
     assert status == 200, tis
     tries = {ti["task_id"]: ti["try_number"] for ti in tis["task_instances"]}
     assert set(tries) == set(TASKS) and min(tries.values()) >= 2, tries
+    if stack.pg_db:  # the runs are in the PostgreSQL metadata DB, not in some sqlite file
+        conn = _pg_connect(stack.pg_db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM dag_run WHERE dag_id = 'posts_etl'"
+                    " AND run_type = 'backfill' AND state = 'success'"
+                )
+                assert cur.fetchone()[0] == 4
+        finally:
+            conn.close()
 
 
 def test_api_refuses_requests_without_valid_login(stack):
