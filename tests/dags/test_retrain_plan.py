@@ -66,3 +66,32 @@ def test_one_shard_still_merges_so_features_appear_whole():
     plan = plan_retrain(["2026-11-10"], settings)
     assert [a[3] for a in plan["embed"]] == ["0/1"]
     assert plan["merge"] == ["--ds", "2026-11-10", "--merge-shards", "1"]
+
+
+def test_retrain_dag_in_kubernetes_mode_puts_gpu_steps_in_gpu_pods(monkeypatch):
+    """The same DAG file, parsed with the kubernetes runner: embed and train ask for a GPU,
+    merge and promote do not, and every pod gets the Secret, never a credential literal."""
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("POSTFLOW_STEP_RUNNER", "kubernetes")
+    monkeypatch.setenv("POSTFLOW_MYSQL_URI", "mysql://u:s3cret-pw@db:3306/postflow")
+    dags = Path(__file__).resolve().parents[2] / "dags"
+    bag = DagBag(dag_folder=str(dags / "retrain.py"))
+    assert not bag.import_errors
+    dag = bag.dags["retrain"]
+    gpu = {}
+    for task_id in ("embed_posts", "merge_features", "train_model", "promote_model"):
+        task = dag.get_task(task_id)
+        kwargs = getattr(task, "partial_kwargs", None) or task.__dict__
+        resources = kwargs["container_resources"]
+        gpu[task_id] = (resources.limits or {}).get("nvidia.com/gpu")
+        assert [e.secret_ref.name for e in kwargs["env_from"]] == ["postflow-ml"]
+        assert "s3cret-pw" not in repr(kwargs.get("env_vars"))
+    assert gpu == {
+        "embed_posts": "1",
+        "merge_features": None,
+        "train_model": "1",
+        "promote_model": None,
+    }
