@@ -188,6 +188,17 @@ def naive_utc(ts: datetime) -> datetime:
     return ts
 
 
+def count_posts(target: MySQLTarget) -> int:
+    """Rows in `posts` (seeding decides on it: only an empty table gets demo posts)."""
+    conn = target.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM posts")
+        return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
 @dataclass
 class WindowStats:
     rows: int

@@ -14,17 +14,7 @@ import sys
 
 from ml.cli import main as ml_main
 from ml.config import Settings
-from ml.source import MySQLTarget, create_schema
-
-
-def count_posts(admin: MySQLTarget) -> int:
-    conn = admin.connect()
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT COUNT(*) FROM posts")
-        return int(cur.fetchone()[0])
-    finally:
-        conn.close()
+from ml.source import MySQLTarget, count_posts, create_schema
 
 
 def reader_account(admin: MySQLTarget, user: str, password: str) -> None:

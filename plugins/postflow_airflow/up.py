@@ -303,29 +303,19 @@ def seed_if_empty(settings, posts: int, days: int):
     from datetime import UTC, datetime
 
     from ml.demo_data import generate
-    from ml.source import MySQLTarget, create_schema
+    from ml.source import MySQLTarget, count_posts, create_schema
     from postflow_airflow.demo import _reader_account
 
     admin = MySQLTarget.parse(settings.mysql_uri)
     create_schema(admin)
-    rows = _count_posts(admin)
+    rows = count_posts(admin)
     seeded = rows == 0
     if seeded:
         end = datetime.now(UTC).date()
         print(f"posts is empty: generating {posts} demo posts over the {days} days before {end}")
         generate(settings, posts=posts, days=days, end=end, replace=True)
-        rows = _count_posts(admin)
+        rows = count_posts(admin)
     return _reader_account(admin), rows, seeded
-
-
-def _count_posts(target) -> int:
-    conn = target.connect()
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT COUNT(*) FROM posts")
-        return int(cur.fetchone()[0])
-    finally:
-        conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:
