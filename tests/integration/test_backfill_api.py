@@ -35,7 +35,7 @@ from postflow_airflow import up
 
 from ml.config import Settings
 from ml.lake import Lake
-from tests.conftest import MySQLDatabase, free_port
+from tests.conftest import MySQLDatabase, free_port, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -483,12 +483,7 @@ def _screenshot(chromium: str, base: str, token: str, path: str, out: Path) -> t
         finally:
             ws.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         shutil.rmtree(profile, ignore_errors=True)
 
 
