@@ -37,6 +37,8 @@ class Settings:
     image_root: str = str(DEFAULT_STATE_DIR / "images")
     # extraction
     extract_chunk_rows: int = 250_000
+    # auto (the optimizer's estimate picks) | scan (primary-key order) | ranges (index count)
+    extract_plan: str = "auto"
     # sanitising
     caption_max_chars: int = 2200
     max_image_pixels: int = 40_000_000

@@ -27,7 +27,15 @@ from ml.lake import Lake, LakeError, ds_str
 from ml.progress import Progress
 from ml.reasons import Reason
 from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN, DATASET_QUARANTINE, QUARANTINE_SCHEMA
-from ml.source import RAW_SCHEMA, MySQLTarget, SourceError, extract_window
+from ml.source import (
+    DISTINCT_COLUMNS,
+    EXTRACT_PLANS,
+    RAW_SCHEMA,
+    MySQLTarget,
+    SourceError,
+    choose_plan,
+    extract_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +79,26 @@ def extract(
     lake = Lake.from_settings(settings)
     lake.check()
     t0 = time.monotonic()
-    progress = Progress(f"extract {window.ds}", None)
+    plan = settings.extract_plan
+    if plan not in EXTRACT_PLANS:
+        raise ConfigError(
+            f"POSTFLOW_EXTRACT_PLAN={plan!r} is not one of {', '.join(EXTRACT_PLANS)}"
+        )
+    if plan == "auto":
+        plan = choose_plan(target, window.start, window.end)
+    progress = Progress(f"extract {window.ds} ({plan})", None)
     chunks = extract_window(
-        target, window.start, window.end, settings.extract_chunk_rows, parallel=settings.workers
+        target,
+        window.start,
+        window.end,
+        settings.extract_chunk_rows,
+        parallel=settings.workers,
+        plan=plan,
     )
-    with lake.writer(DATASET_RAW, window.ds, RAW_SCHEMA) as w, ThreadPoolExecutor(1) as pool:
+    with (
+        lake.writer(DATASET_RAW, window.ds, RAW_SCHEMA, DISTINCT_COLUMNS) as w,
+        ThreadPoolExecutor(1) as pool,
+    ):
         pending = None  # the Parquet write of chunk i overlaps the read of chunk i+1
         for chunk in chunks:
             if pending is not None:
@@ -96,6 +119,7 @@ def extract(
         "ds": window.ds,
         "rows": w.rows,
         "uri": lake.partition_uri(DATASET_RAW, window.ds),
+        "plan": plan,
         "seconds": round(seconds, 3),
     }
 
@@ -162,8 +186,8 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
     offset = 0
     chunk_settings = settings.replace(min_rows_error=0)  # row count is checked on the whole day
     with (
-        lake.writer(DATASET_CLEAN, ds, CLEAN_SCHEMA) as clean_w,
-        lake.writer(DATASET_QUARANTINE, ds, QUARANTINE_SCHEMA) as quar_w,
+        lake.writer(DATASET_CLEAN, ds, CLEAN_SCHEMA, DISTINCT_COLUMNS) as clean_w,
+        lake.writer(DATASET_QUARANTINE, ds, QUARANTINE_SCHEMA, DISTINCT_COLUMNS) as quar_w,
     ):
         for batch in lake.iter_batches(DATASET_RAW, ds, settings.extract_chunk_rows):
             n = batch.num_rows

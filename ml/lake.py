@@ -171,10 +171,17 @@ class Lake:
 
     @contextmanager
     def writer(
-        self, dataset: str, ds: date | datetime | str, schema: pa.Schema
+        self,
+        dataset: str,
+        ds: date | datetime | str,
+        schema: pa.Schema,
+        distinct_columns: tuple[str, ...] = (),
     ) -> Iterator[PartitionWriter]:
-        """Stream tables into a new version of a partition; committed when the block exits."""
-        w = PartitionWriter(self, dataset, ds_str(ds), schema)
+        """Stream tables into a new version of a partition; committed when the block exits.
+
+        `distinct_columns` are written without dictionary encoding (values nearly all unique).
+        """
+        w = PartitionWriter(self, dataset, ds_str(ds), schema, distinct_columns)
         try:
             yield w
         except BaseException:
@@ -192,8 +199,21 @@ def _schema_from_manifest(manifest: dict[str, Any]) -> pa.Schema:
 class PartitionWriter:
     """One partition version being written. Use through `Lake.writer`."""
 
-    def __init__(self, lake: Lake, dataset: str, ds: str, schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        lake: Lake,
+        dataset: str,
+        ds: str,
+        schema: pa.Schema,
+        distinct_columns: tuple[str, ...] = (),
+    ) -> None:
         self.lake, self.dataset, self.ds, self.schema = lake, dataset, ds, schema
+        unknown = set(distinct_columns) - set(schema.names)
+        if unknown:
+            raise ValueError(f"distinct_columns not in the schema: {sorted(unknown)}")
+        self.use_dictionary: bool | list[str] = (
+            [n for n in schema.names if n not in distinct_columns] if distinct_columns else True
+        )
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
         self.dir = lake.partition_path(dataset, ds)
         self.data_file = f"part-{self.run_id}.parquet"
@@ -213,6 +233,7 @@ class PartitionWriter:
                 self.schema,
                 filesystem=self.lake.fs,
                 compression="zstd",
+                use_dictionary=self.use_dictionary,
             )
         self._writer.write_table(table, row_group_size=128_000)
         self.rows += table.num_rows

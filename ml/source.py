@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -44,6 +45,11 @@ RAW_SCHEMA = pa.schema(
         ("updated_at", pa.timestamp("us")),
     ]
 )
+
+# Columns whose values are (nearly) all distinct: Parquet dictionary encoding would be tried and
+# abandoned on every page. Writing them plain makes the extract's Parquet write 30% cheaper and
+# the file half the size (bench/bench_extract.py data).
+DISTINCT_COLUMNS = ("id", "caption", "image_uri", "created_at", "updated_at")
 
 
 class SourceError(RuntimeError):
@@ -205,23 +211,84 @@ class WindowStats:
     min_id: int | None
     max_id: int | None
 
+    def merge(self, other: WindowStats) -> WindowStats:
+        ids = [i for i in (self.min_id, self.max_id, other.min_id, other.max_id) if i is not None]
+        return WindowStats(
+            self.rows + other.rows, min(ids) if ids else None, max(ids) if ids else None
+        )
 
-def window_stats(target: MySQLTarget, start: datetime, end: datetime) -> WindowStats:
+
+def time_slices(start: datetime, end: datetime, n: int) -> list[tuple[datetime, datetime]]:
+    """`[start, end)` cut into `n` contiguous half-open slices (fewer when too short)."""
+    n = max(1, min(n, int((end - start).total_seconds() * 1_000_000)))
+    cuts = [start + (end - start) * i / n for i in range(n)] + [end]
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if a < b]
+
+
+def window_stats(
+    target: MySQLTarget, start: datetime, end: datetime, parallel: int = 1
+) -> WindowStats:
+    """Rows and id bounds of the window: an index-only scan of `idx_posts_updated_at`.
+
+    On a busy day this scan is a fifth of the raw client's read time, so it is cut into
+    `parallel` time slices scanned over as many connections at once (MySQLdb releases the GIL).
+    """
+    start, end = naive_utc(start), naive_utc(end)
+    slices = time_slices(start, end, parallel)
+
+    def scan(bounds: tuple[datetime, datetime]) -> WindowStats:
+        conn = target.connect()
+        try:
+            cur = conn.cursor()
+            with_retries(
+                lambda: cur.execute(
+                    "SELECT COUNT(*), MIN(id), MAX(id) FROM posts "
+                    "WHERE updated_at >= %s AND updated_at < %s",
+                    bounds,
+                ),
+                what="count the posts of the window",
+            )
+            rows, lo, hi = cur.fetchone()
+        finally:
+            conn.close()
+        return WindowStats(int(rows), lo, hi)
+
+    if len(slices) == 1:
+        return scan(slices[0])
+    with ThreadPoolExecutor(len(slices)) as pool:
+        parts = list(pool.map(scan, slices))
+    total = WindowStats(0, None, None)
+    for part in parts:
+        total = total.merge(part)
+    return total
+
+
+EXTRACT_PLANS = ("auto", "scan", "ranges")
+
+
+def choose_plan(target: MySQLTarget, start: datetime, end: datetime) -> str:
+    """`scan` when the optimizer would read the window by a full table scan, else `ranges`.
+
+    The optimizer's own selectivity estimate decides: a window that is a large part of the table
+    is cheapest read in primary-key order (a sequential scan, no extra pass), a small one through
+    `idx_posts_updated_at`. Both plans read exactly the same rows.
+    """
     conn = target.connect()
     try:
         cur = conn.cursor()
         with_retries(
             lambda: cur.execute(
-                "SELECT COUNT(*), MIN(id), MAX(id) FROM posts "
+                f"EXPLAIN SELECT {', '.join(POSTS_COLUMNS)} FROM posts "
                 "WHERE updated_at >= %s AND updated_at < %s",
                 (naive_utc(start), naive_utc(end)),
             ),
-            what="count the posts of the window",
+            what="plan the extract",
         )
-        rows, lo, hi = cur.fetchone()
+        names = [d[0] for d in cur.description]
+        access = dict(zip(names, cur.fetchone(), strict=True))["type"]
     finally:
         conn.close()
-    return WindowStats(int(rows), lo, hi)
+    return "scan" if access == "ALL" else "ranges"
 
 
 def extract_window(
@@ -230,17 +297,83 @@ def extract_window(
     end: datetime,
     chunk_rows: int = 250_000,
     parallel: int = 2,
+    plan: str = "auto",
 ) -> Iterator[pa.Table]:
     """Yield the posts with `start <= updated_at < end` as Arrow tables of bounded size.
 
-    Chunks are id ranges sized from the window's id density, so memory stays near `chunk_rows`
-    rows whatever the day's volume; each chunk is read over `parallel` connections. Each row is
-    yielded exactly once.
+    Each chunk holds at most about `chunk_rows` rows whatever the day's volume, is read over
+    `parallel` connections, and each row is yielded exactly once. `plan` is `scan` (keyset
+    pages in primary-key order over `parallel` id stripes of the table: no counting pass),
+    `ranges` (id ranges sized from an index-only count of the window), or `auto`
+    (`choose_plan`).
     """
+    start, end = naive_utc(start), naive_utc(end)
+    if plan == "auto":
+        plan = choose_plan(target, start, end)
+    log.info("extract plan %s for [%s, %s)", plan, start, end)
+    if plan == "scan":
+        yield from _scan_chunks(target, start, end, chunk_rows, parallel)
+    elif plan == "ranges":
+        yield from _range_chunks(target, start, end, chunk_rows, parallel)
+    else:
+        raise ValueError(f"unknown extract plan {plan!r}: auto, scan or ranges")
+
+
+def _scan_chunks(
+    target: MySQLTarget, start: datetime, end: datetime, chunk_rows: int, parallel: int
+) -> Iterator[pa.Table]:
+    import connectorx as cx
+    import pyarrow.compute as pc
+
+    conn = target.connect()
+    try:
+        cur = conn.cursor()
+        with_retries(lambda: cur.execute("SELECT MIN(id), MAX(id) FROM posts"), what="id bounds")
+        lo, hi = cur.fetchone()  # both ends of the primary key: no scan
+    finally:
+        conn.close()
+    if lo is None:
+        return
+    n = max(1, min(parallel, hi - lo + 1))
+    width = -(-(hi - lo + 1) // n)
+    # stripe i covers ids in (cursor[i], stripe_end[i]); a stripe ends on a short page
+    cursor = [lo - 1 + i * width for i in range(n)]
+    stripe_end = [min(lo + (i + 1) * width, hi + 1) for i in range(n)]
+    page = max(1, chunk_rows // n)
+    cols, uri = ", ".join(POSTS_COLUMNS), target.uri()
+    active = list(range(n))
+    while active:
+        queries = [
+            bind(
+                f"SELECT {cols} FROM posts FORCE INDEX (PRIMARY) WHERE id > %s AND id < %s "
+                f"AND updated_at >= %s AND updated_at < %s ORDER BY id LIMIT {page}",
+                (cursor[i], stripe_end[i], start, end),
+            )
+            for i in active
+        ]
+        table = with_retries(
+            lambda queries=queries: _read_arrow(cx, uri, queries),
+            what=f"extract {len(queries)} pages after ids {[cursor[i] for i in active]}",
+        )
+        ids = table.column("id")
+        still = []
+        for i in active:
+            mine = pc.and_(pc.greater(ids, cursor[i]), pc.less(ids, stripe_end[i]))
+            got = pc.sum(mine).as_py() or 0
+            if got == page:
+                cursor[i] = pc.max(pc.filter(ids, mine)).as_py()
+                still.append(i)
+        active = still
+        if table.num_rows:
+            yield conform(table)
+
+
+def _range_chunks(
+    target: MySQLTarget, start: datetime, end: datetime, chunk_rows: int, parallel: int
+) -> Iterator[pa.Table]:
     import connectorx as cx
 
-    start, end = naive_utc(start), naive_utc(end)
-    stats = window_stats(target, start, end)
+    stats = window_stats(target, start, end, parallel)
     if stats.rows == 0:
         return
     span = stats.max_id - stats.min_id + 1

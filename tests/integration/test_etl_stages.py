@@ -14,9 +14,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from ml.config import Settings
+from ml.config import ConfigError, Settings
 from ml.etl import ReconciliationError, Window, clean, extract, reconcile, run_etl
 from ml.lake import Lake
+from ml.source import RAW_SCHEMA, choose_plan, extract_window
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +107,51 @@ def test_window_boundaries_start_in_end_out(settings, fresh_mysql_db):
     assert ids_of(lake, "posts_raw") == [1, 2, 3]
     assert summary["rows_in"] == 3 and summary["clean"] == 3 and summary["quarantined"] == 0
     assert ids_of(lake, "posts_clean") == [1, 2, 3]
+
+
+@pytest.mark.parametrize("plan", ["scan", "ranges"])
+def test_both_read_plans_yield_each_window_row_once_in_bounded_chunks(fresh_mysql_db, plan):
+    us = timedelta(microseconds=1)
+    rows, expected = [], []
+    for i in range(1, 301):  # ids with gaps; every third row falls outside the window
+        pid = i * 7 + (i % 5)
+        if i % 3 == 0:
+            updated = WINDOW.end + timedelta(minutes=i) if i % 2 else WINDOW.start - us
+        else:
+            updated = WINDOW.start + timedelta(seconds=i * 97) if i > 2 else WINDOW.start
+            expected.append(pid)
+        rows.append(row(pid, updated))
+    rows.append(row(5000, WINDOW.end - us))  # the last microsecond, alone at the far end
+    expected.append(5000)
+    insert(fresh_mysql_db, rows)
+    chunks = list(
+        extract_window(
+            fresh_mysql_db.reader, WINDOW.start, WINDOW.end, chunk_rows=12, parallel=3, plan=plan
+        )
+    )
+    ids = [i for c in chunks for i in c.column("id").to_pylist()]
+    assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))
+    assert len(chunks) >= len(expected) // 12
+    if plan == "scan":  # pages: at most chunk_rows // parallel rows per stripe
+        assert max(c.num_rows for c in chunks) <= 12
+    assert all(c.schema == RAW_SCHEMA for c in chunks)
+
+
+def test_the_optimizer_picks_the_plan_and_the_summary_names_it(settings, fresh_mysql_db):
+    month = [  # one post an hour for 30 days
+        row(i, DAY - timedelta(days=15) + timedelta(hours=i)) for i in range(1, 30 * 24 + 1)
+    ]
+    insert(fresh_mysql_db, month)
+    fresh_mysql_db.execute("ANALYZE TABLE posts")
+    reader = fresh_mysql_db.reader
+    assert choose_plan(reader, WINDOW.start, WINDOW.start + timedelta(hours=2)) == "ranges"
+    assert choose_plan(reader, DAY - timedelta(days=30), DAY + timedelta(days=30)) == "scan"
+    summary = extract(settings, WINDOW)
+    assert summary["rows"] == 24 and summary["plan"] in {"scan", "ranges"}
+    forced = extract(settings.replace(extract_plan="ranges"), WINDOW)
+    assert (forced["rows"], forced["plan"]) == (24, "ranges")
+    with pytest.raises(ConfigError, match="POSTFLOW_EXTRACT_PLAN='fastest'"):
+        extract(settings.replace(extract_plan="fastest"), WINDOW)
 
 
 def test_clean_partition_is_sanitised_and_typed(settings, fresh_mysql_db):
