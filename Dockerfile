@@ -42,6 +42,7 @@ RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
       connectorx \
       mysqlclient \
       pillow \
+      simplejpeg \
       tqdm \
       matplotlib \
       jinja2
@@ -85,6 +86,7 @@ RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
       connectorx \
       mysqlclient \
       pillow \
+      simplejpeg \
       tqdm \
       matplotlib \
       jinja2

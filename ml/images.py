@@ -2,8 +2,9 @@
 
 A post whose photo cannot be fetched or decoded is quarantined with a reason from
 `ml.reasons` rather than failing the night: `check_uris` never raises for a bad image. The check
-decodes every image fully (JPEG at 1/8 scale with `draft`, which still entropy-decodes all of the
-data) because a header-only check lets truncated uploads through to the embedding pods.
+decodes every image fully (JPEG at 1/8 scale through libjpeg-turbo, which still entropy-decodes
+all of the data, with its warnings as errors) because a header-only check lets truncated uploads
+through to the embedding pods.
 """
 
 from __future__ import annotations
@@ -297,24 +298,24 @@ def check_image(data: bytes, max_pixels: int, min_side: int) -> ImageInfo:
             )
         small = min(width, height) < min_side
         also = f" (also smaller than {min_side} px: {width}x{height})" if small else ""
-        try:
-            if fmt in ("JPEG", "MPO"):
-                im.draft(mode, (1, 1))  # the largest DCT scaling libjpeg has: 1/8
-            im.load()
-        except Exception as exc:
-            raise ImageError(Reason.IMAGE_CORRUPT, _decode_message(exc, fmt, data) + also) from None
-        if fmt in ("JPEG", "MPO") and b"\xff\xdd" in data:
-            # Only files with restart markers (a DRI segment) carry structure that libjpeg's
-            # silent warnings hide; without them the walk finds nothing Pillow did not.
-            problem = jpeg_structure_problem(data)
+        if fmt in ("JPEG", "MPO"):  # libjpeg's L, RGB and CMYK all convert to RGB
+            problem = jpeg_decode_problem(data, mode)
             if problem:
-                raise ImageError(Reason.IMAGE_CORRUPT, f"JPEG {problem}{also}")
-        try:
-            im.convert("RGB")
-        except Exception as exc:
-            raise ImageError(
-                Reason.IMAGE_CORRUPT, f"{fmt} mode {mode} cannot convert to RGB: {_describe(exc)}"
-            ) from None
+                raise ImageError(Reason.IMAGE_CORRUPT, problem + also)
+        else:
+            try:
+                im.load()
+            except Exception as exc:
+                raise ImageError(
+                    Reason.IMAGE_CORRUPT, _decode_message(exc, fmt, data) + also
+                ) from None
+            try:
+                im.convert("RGB")
+            except Exception as exc:
+                raise ImageError(
+                    Reason.IMAGE_CORRUPT,
+                    f"{fmt} mode {mode} cannot convert to RGB: {_describe(exc)}",
+                ) from None
         if small:
             raise ImageError(
                 Reason.IMAGE_TOO_SMALL, f"{fmt} {width}x{height}: a side is below {min_side} px"
@@ -329,6 +330,69 @@ def check_image(data: bytes, max_pixels: int, min_side: int) -> ImageInfo:
     return ImageInfo(fmt, width, height, orientation, mode)
 
 
+# libjpeg warnings that say nothing about the pixels: a file that only has these is clean.
+# Every other warning (premature end of file or of a data segment, bad Huffman code, lost
+# restart marker, extraneous bytes in scan data...) means damaged image data.
+_HARMLESS_LIBJPEG_WARNINGS = (
+    "unknown JFIF revision",
+    "Unknown Adobe color transform",
+    "bad ICC marker",
+    "Invalid SOS parameters for sequential JPEG",
+)
+# "N extraneous bytes before marker 0xd9" is padding when those N bytes before an EOI are one
+# repeated value (some encoders pad); otherwise the decoder lost sync in damaged scan data and
+# finished early: the commonest sign of garbage inside a scan.
+_EXTRANEOUS_BEFORE_EOI = re.compile(r"(\d+) extraneous bytes before marker 0xd9")
+
+
+def jpeg_decode_problem(data: bytes, mode: str) -> str | None:
+    """Decode a JPEG at 1/8 scale with libjpeg-turbo warnings as errors; what is wrong, or None.
+
+    1/8 scale still entropy-decodes every coefficient of every component, so damage anywhere in
+    the data shows, at a fraction of the IDCT and colour-conversion cost (2.3x a full Pillow
+    decode, bench/bench_images.py). Pillow drops libjpeg's warnings, and with them a bad
+    Huffman code or a premature end of scan data: such files "decode" into grey blocks. Here
+    those warnings fail the image, except the few that concern metadata only.
+    """
+    import simplejpeg
+
+    space = "CMYK" if mode == "CMYK" else "GRAY"  # grey output: chroma still entropy-decoded
+    kw = {"colorspace": space, "min_height": 1, "min_width": 1, "min_factor": 8}
+    try:
+        simplejpeg.decode_jpeg(data, strict=True, **kw)
+        return None
+    except ValueError as exc:
+        text = str(exc).strip() or type(exc).__name__
+    if any(harmless in text for harmless in _HARMLESS_LIBJPEG_WARNINGS) or _padded_eoi(data, text):
+        # TurboJPEG fails some of these even when not strict: Pillow, which ignores every
+        # warning, decides (still at 1/8 scale). Rare files, so the slower path is fine.
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.draft(im.mode, (1, 1))
+                im.load()
+            return None
+        except Exception as exc:
+            text = _describe(exc)
+    if "Premature end of JPEG file" in text:
+        return f"image file is truncated: JPEG data ends after {len(data)} bytes (libjpeg: {text})"
+    return f"JPEG decode failed: {text}"
+
+
+def _padded_eoi(data: bytes, warning: str) -> bool:
+    m = _EXTRANEOUS_BEFORE_EOI.search(warning)
+    if not m:
+        return False
+    n = int(m.group(1))
+    eoi = data.find(b"\xff\xd9", n)
+    while eoi >= 0:
+        if len(set(data[eoi - n : eoi])) == 1:
+            return True
+        eoi = data.find(b"\xff\xd9", eoi + 2)
+    return False
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -341,139 +405,6 @@ def _decode_message(exc: BaseException, fmt: str, data: bytes) -> str:
         used = f", {int(m.group(1))} trailing bytes unprocessed" if m else ""
         return f"image file is truncated: {fmt} data ends after {len(data)} bytes{used}"
     return f"{fmt} decode failed: {_describe(exc)}"
-
-
-# Markers that may sit between scans of a progressive or multi-scan JPEG.
-_BETWEEN_SCANS = {0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xFE, *range(0xE0, 0xF0)}
-_SOF_SEQUENTIAL = {0xC0, 0xC1}
-# (SOF marker, width, height, [(component id, h sampling, v sampling)])
-_Frame = tuple[int, int, int, list[tuple[int, int, int]]]
-
-
-def jpeg_structure_problem(data: bytes) -> str | None:
-    """What is wrong with a JPEG's marker structure, or None; a C-speed scan of the stream.
-
-    libjpeg reports a premature end of scan data or a lost restart marker as a *warning*,
-    fills the rest with grey and Pillow discards the warning: a file cut short and closed with an
-    EOI, or with bytes lost between restart markers, decodes "fine". With restart markers, their
-    count and order pin the scan data down, so such damage shows here. Damage inside the Huffman
-    data between markers stays invisible through Pillow, at any decode scale.
-    """
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return "does not start with SOI"
-    pos = 2
-    restart_interval = 0
-    frame: _Frame | None = None
-    scans = 0
-    while True:
-        start, marker = _next_marker(data, pos)
-        if start < 0:
-            return f"has no EOI marker after {n} bytes (truncated)"
-        pos = start + 2
-        if marker == 0xD9:
-            return None if scans else "ends before any scan data"
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            return f"has a stray marker 0xFF{marker:02X} at byte {start}"
-        if pos + 2 > n:
-            return "is truncated inside a marker segment"
-        length = int.from_bytes(data[pos : pos + 2], "big")
-        seg = data[pos + 2 : pos + length]
-        if length < 2 or pos + length > n:
-            return f"has a bad segment length at byte {start}"
-        pos += length
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            if frame is not None:
-                return "has two frame headers"
-            if len(seg) < 6:
-                return "has a short frame header"
-            if len(seg) < 6 + 3 * seg[5] or seg[5] == 0:
-                return "has a short frame header"
-            comps = [
-                (seg[6 + 3 * i], seg[7 + 3 * i] >> 4, seg[7 + 3 * i] & 15) for i in range(seg[5])
-            ]
-            frame = (
-                marker,
-                int.from_bytes(seg[3:5], "big"),
-                int.from_bytes(seg[1:3], "big"),
-                comps,
-            )
-        elif marker == 0xDD:
-            restart_interval = int.from_bytes(seg[:2], "big") if len(seg) >= 2 else 0
-        elif marker == 0xDA:
-            if frame is None:
-                return "has scan data before its frame header"
-            scans += 1
-            problem, pos = _scan(data, pos, restart_interval, frame, seg, scans)
-            if problem:
-                return problem
-        elif scans and marker not in _BETWEEN_SCANS:
-            return f"has an unexpected marker 0xFF{marker:02X} at byte {start}"
-
-
-def _scan(
-    data: bytes,
-    pos: int,
-    restart_interval: int,
-    frame: _Frame,
-    sos: bytes,
-    scan_no: int,
-) -> tuple[str | None, int]:
-    """Walk one scan's entropy-coded data; (problem, position of the marker that ends it)."""
-    expected = 0
-    count = 0
-    while True:
-        start, marker = _next_marker(data, pos)
-        if start < 0:
-            return None, len(data)  # the caller reports the missing EOI
-        if not 0xD0 <= marker <= 0xD7:
-            break
-        if marker - 0xD0 != expected:
-            return (
-                f"restart marker RST{marker - 0xD0} where RST{expected} was due at byte "
-                f"{start} (scan data lost or corrupted)",
-                pos,
-            )
-        expected = (expected + 1) % 8
-        count += 1
-        pos = start + 2
-    sof, width, height, comps = frame
-    if restart_interval and sof in _SOF_SEQUENTIAL and height and sos:
-        hmax = max(h for _, h, _ in comps)
-        vmax = max(v for _, _, v in comps)
-        if sos[0] > 1:  # interleaved: an MCU covers 8*hmax x 8*vmax pixels
-            mcus = _ceil(width, 8 * hmax) * _ceil(height, 8 * vmax)
-        else:  # one component: an MCU is one 8x8 block of that component
-            _, h, v = next((c for c in comps if c[0] == sos[1]), comps[0])
-            mcus = _ceil(_ceil(width * h, hmax), 8) * _ceil(_ceil(height * v, vmax), 8)
-        due = _ceil(mcus, restart_interval) - 1
-        if count != due:
-            return (
-                f"scan {scan_no} has {count} of {due} restart markers "
-                "(scan data truncated, lost or corrupted)",
-                start,
-            )
-    return None, start
-
-
-def _next_marker(data: bytes, pos: int) -> tuple[int, int]:
-    """(offset, code) of the next marker from `pos`, skipping stuffed 0xFF00 and fill bytes;
-    (-1, 0) at the end. `bytes.find` runs at memchr speed; 0xFF is ~1/256 of entropy data."""
-    find = data.find
-    end = len(data) - 1
-    while True:
-        i = find(b"\xff", pos)
-        if i < 0 or i >= end:
-            return -1, 0
-        code = data[i + 1]
-        if code == 0x00 or code == 0xFF:
-            pos = i + 1 if code == 0xFF else i + 2
-            continue
-        return i, code
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # -- many at once ------------------------------------------------------------------------------
