@@ -392,18 +392,25 @@ class ImageEncoder:
                     imgs.append(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device))
                 except RuntimeError:
                     imgs.append(None)
-        out = []
-        for it, img in zip(items, imgs, strict=True):
+        import torch
+
+        out: list[Any] = [None] * len(items)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for k, (it, img) in enumerate(zip(items, imgs, strict=True)):
             if img is None:
                 try:
-                    out.append(pillow_pixels(it.payload.numpy().tobytes()).to(self.device))
+                    out[k] = pillow_pixels(it.payload.numpy().tobytes()).to(self.device)
                 except Exception as exc:
                     it.reason = f"decode: {type(exc).__name__}: {exc}"[:300]
-                    out.append(None)
                 continue
-            img = orient_tensor(img, it.orientation)
-            img = F.resize(img, [RESIZE], antialias=True)
-            out.append(F.center_crop(img, [CROP, CROP]))
+            imgs[k] = orient_tensor(img, it.orientation)
+            by_shape.setdefault(tuple(imgs[k].shape), []).append(k)
+        # One resize + crop per distinct photo size, not per photo: on a GPU each call is a
+        # handful of kernel launches, and most of a day's photos share a few sizes.
+        for ks in by_shape.values():
+            batch = F.resize(torch.stack([imgs[k] for k in ks]), [RESIZE], antialias=True)
+            for k, img in zip(ks, F.center_crop(batch, [CROP, CROP]).unbind(0), strict=True):
+                out[k] = img
         return out
 
     def encode(self, pixels) -> np.ndarray:

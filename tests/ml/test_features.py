@@ -261,6 +261,31 @@ def test_device_decode_path_matches_pillow_on_cpu(encoders):
     assert (dev.float() - ref.float()).abs().mean() < (rot.float() - ref.float()).abs().mean()
 
 
+def test_device_decode_resizes_each_size_once_and_keeps_order(encoders, monkeypatch):
+    """Photos of one size share a resize call; every crop equals the photo's own resize."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as TF
+
+    rng = np.random.default_rng(11)
+    datas = [_jpeg(rng, o) for o in (1, 6, 1, 8, 1)]  # 64x48, then 48x64 once rotated
+    items = [
+        F.Item(k, "jpeg", "h", torch.frombuffer(bytearray(d), dtype=torch.uint8), o)
+        for k, (d, o) in enumerate(zip(datas, (1, 6, 1, 8, 1), strict=True))
+    ]
+    calls = []
+    real_resize = TF.resize
+    monkeypatch.setattr(
+        TF, "resize", lambda t, *a, **k: calls.append(t.shape) or real_resize(t, *a, **k)
+    )
+    got = encoders[0].decode_jpegs(items)
+    assert sorted(c[0] for c in calls) == [2, 3]  # two sizes, two calls
+    for item, out in zip(items, got, strict=True):
+        img = F.orient_tensor(decode_jpeg(item.payload, mode=ImageReadMode.RGB), item.orientation)
+        want = TF.center_crop(real_resize(img, [F.RESIZE], antialias=True), [F.CROP, F.CROP])
+        assert torch.equal(out, want)
+
+
 def test_imagenet_weights_missing_from_cache_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     enc = F.ImageEncoder("imagenet", "cpu")
