@@ -266,29 +266,38 @@ def window_stats(
 EXTRACT_PLANS = ("auto", "scan", "ranges")
 
 
-def choose_plan(target: MySQLTarget, start: datetime, end: datetime) -> str:
-    """`scan` when the optimizer would read the window by a full table scan, else `ranges`.
+# `scan` reads the whole table; it wins only when little of the table lies outside the window.
+SCAN_MAX_OUTSIDE = 0.1
 
-    The optimizer's own selectivity estimate decides: a window that is a large part of the table
-    is cheapest read in primary-key order (a sequential scan, no extra pass), a small one through
-    `idx_posts_updated_at`. Both plans read exactly the same rows.
+
+def choose_plan(target: MySQLTarget, start: datetime, end: datetime) -> str:
+    """`scan` when at most ~10% of the table lies outside the window, else `ranges`.
+
+    `scan` reads the whole table in primary-key order with no counting pass; `ranges` pays an
+    index-only count of the window, then reads only the window's id span. With the window half
+    the table and its ids together (new posts), `ranges` took 2.2 s and `scan` 3.2 s; with it
+    all of the table, `scan` is the faster by that count. What lies *outside* the window is
+    estimated by index dives on `idx_posts_updated_at` (`EXPLAIN`), which are accurate for small
+    ranges; an estimate of the window itself is not (InnoDB caps it at half the table).
+    Both plans read exactly the same rows.
     """
+    start, end = naive_utc(start), naive_utc(end)
     conn = target.connect()
     try:
         cur = conn.cursor()
-        with_retries(
-            lambda: cur.execute(
-                f"EXPLAIN SELECT {', '.join(POSTS_COLUMNS)} FROM posts "
-                "WHERE updated_at >= %s AND updated_at < %s",
-                (naive_utc(start), naive_utc(end)),
-            ),
-            what="plan the extract",
-        )
-        names = [d[0] for d in cur.description]
-        access = dict(zip(names, cur.fetchone(), strict=True))["type"]
+
+        def estimate(sql: str, params: tuple[Any, ...] = ()) -> int:
+            with_retries(lambda: cur.execute("EXPLAIN " + sql, params), what="plan the extract")
+            names = [d[0] for d in cur.description]
+            return int(dict(zip(names, cur.fetchone(), strict=True))["rows"] or 0)
+
+        table = estimate("SELECT id FROM posts IGNORE INDEX (idx_posts_updated_at)")
+        hint = "SELECT id FROM posts FORCE INDEX (idx_posts_updated_at) WHERE updated_at"
+        outside = estimate(f"{hint} < %s", (start,)) + estimate(f"{hint} >= %s", (end,))
     finally:
         conn.close()
-    return "scan" if access == "ALL" else "ranges"
+    log.info("extract plan estimates: table %d rows, %d outside the window", table, outside)
+    return "scan" if outside <= SCAN_MAX_OUTSIDE * table + 2 else "ranges"
 
 
 def extract_window(
