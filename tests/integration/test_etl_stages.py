@@ -137,7 +137,7 @@ def test_both_read_plans_yield_each_window_row_once_in_bounded_chunks(fresh_mysq
     assert all(c.schema == RAW_SCHEMA for c in chunks)
 
 
-def test_the_optimizer_picks_the_plan_and_the_summary_names_it(settings, fresh_mysql_db):
+def test_the_plan_follows_how_much_of_the_table_lies_outside_the_window(settings, fresh_mysql_db):
     month = [  # one post an hour for 30 days
         row(i, DAY - timedelta(days=15) + timedelta(hours=i)) for i in range(1, 30 * 24 + 1)
     ]
@@ -146,6 +146,7 @@ def test_the_optimizer_picks_the_plan_and_the_summary_names_it(settings, fresh_m
     reader = fresh_mysql_db.reader
     assert choose_plan(reader, WINDOW.start, WINDOW.start + timedelta(hours=2)) == "ranges"
     assert choose_plan(reader, DAY - timedelta(days=30), DAY + timedelta(days=30)) == "scan"
+    assert choose_plan(reader, DAY - timedelta(days=15), DAY) == "ranges"  # half outside
     summary = extract(settings, WINDOW)
     assert summary["rows"] == 24 and summary["plan"] in {"scan", "ranges"}
     forced = extract(settings.replace(extract_plan="ranges"), WINDOW)
