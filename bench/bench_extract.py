@@ -20,9 +20,10 @@ from ml.etl import Window, extract
 from ml.source import POSTS_COLUMNS, MySQLTarget, create_schema
 
 
-def populate(admin: MySQLTarget, rows: int, days_before: int = 0) -> None:
+def populate(admin: MySQLTarget, rows: int, days_before: int = 0) -> int:
     """N rows on 2026-11-20 via MariaDB's sequence engine (seconds, not minutes), after
-    `days_before` earlier days of N rows each with lower ids, as new posts come."""
+    `days_before` earlier days of N rows each with lower ids, as new posts come; the rows in
+    the table."""
     create_schema(admin)
     conn = admin.connect()
     cur = conn.cursor()
@@ -42,6 +43,7 @@ def populate(admin: MySQLTarget, rows: int, days_before: int = 0) -> None:
     )
     conn.commit()
     conn.close()
+    return total
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     lake_dir = tempfile.mkdtemp(prefix="pf-bench-lake-")
     try:
         t0 = time.perf_counter()
-        populate(admin, args.rows, args.days_before)
-        total = args.rows * (args.days_before + 1)
+        total = populate(admin, args.rows, args.days_before)
         print(
             f"populated {total} rows ({args.rows} in the window) in {time.perf_counter() - t0:.1f}s"
         )

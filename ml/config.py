@@ -37,7 +37,7 @@ class Settings:
     image_root: str = str(DEFAULT_STATE_DIR / "images")
     # extraction
     extract_chunk_rows: int = 250_000
-    # auto (the optimizer's estimate picks) | scan (primary-key order) | ranges (index count)
+    # auto (ml.source.choose_plan) | scan (primary-key order) | ranges (index count + id ranges)
     extract_plan: str = "auto"
     # sanitising
     caption_max_chars: int = 2200

@@ -91,9 +91,9 @@ def extract(
         target,
         window.start,
         window.end,
+        plan,
         settings.extract_chunk_rows,
         parallel=settings.workers,
-        plan=plan,
     )
     with (
         lake.writer(DATASET_RAW, window.ds, RAW_SCHEMA, DISTINCT_COLUMNS) as w,

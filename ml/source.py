@@ -304,28 +304,25 @@ def extract_window(
     target: MySQLTarget,
     start: datetime,
     end: datetime,
+    plan: str,
     chunk_rows: int = 250_000,
     parallel: int = 2,
-    plan: str = "auto",
 ) -> Iterator[pa.Table]:
     """Yield the posts with `start <= updated_at < end` as Arrow tables of bounded size.
 
     Each chunk holds at most about `chunk_rows` rows whatever the day's volume, is read over
     `parallel` connections, and each row is yielded exactly once. `plan` is `scan` (keyset
-    pages in primary-key order over `parallel` id stripes of the table: no counting pass),
-    `ranges` (id ranges sized from an index-only count of the window), or `auto`
-    (`choose_plan`).
+    pages in primary-key order over `parallel` id stripes of the table: no counting pass) or
+    `ranges` (id ranges sized from an index-only count of the window); `choose_plan` picks one.
     """
     start, end = naive_utc(start), naive_utc(end)
-    if plan == "auto":
-        plan = choose_plan(target, start, end)
     log.info("extract plan %s for [%s, %s)", plan, start, end)
     if plan == "scan":
         yield from _scan_chunks(target, start, end, chunk_rows, parallel)
     elif plan == "ranges":
         yield from _range_chunks(target, start, end, chunk_rows, parallel)
     else:
-        raise ValueError(f"unknown extract plan {plan!r}: auto, scan or ranges")
+        raise ValueError(f"unknown extract plan {plan!r}: scan or ranges")
 
 
 def _scan_chunks(

@@ -126,7 +126,7 @@ def test_both_read_plans_yield_each_window_row_once_in_bounded_chunks(fresh_mysq
     insert(fresh_mysql_db, rows)
     chunks = list(
         extract_window(
-            fresh_mysql_db.reader, WINDOW.start, WINDOW.end, chunk_rows=12, parallel=3, plan=plan
+            fresh_mysql_db.reader, WINDOW.start, WINDOW.end, plan, chunk_rows=12, parallel=3
         )
     )
     ids = [i for c in chunks for i in c.column("id").to_pylist()]
