@@ -33,6 +33,8 @@ WEEK = "2026-W47"
 def _seed_mlflow(settings, lake, week, days_of_history: int, train_days: list[str]) -> None:
     from mlflow.entities import Metric
 
+    from ml import dataset as DS
+    from ml import model as M
     from ml import registry
     from ml import train as T
 
@@ -75,8 +77,8 @@ def _seed_mlflow(settings, lake, week, days_of_history: int, train_days: list[st
             name, source=f"{lake.root}/none", run_id=run.info.run_id, tags=tags
         )
     # the last version: a real model, trained, logged and registered, then made champion
-    data = T.load_dataset(lake, train_days[0], train_days[-1], label_age_days=0)
-    result = T.run_training(data, T.TrainConfig(max_epochs=5, device="cpu"))
+    data = DS.load_dataset(lake, train_days[0], train_days[-1], label_age_days=0)
+    result = T.run_training(data, M.TrainConfig(max_epochs=5, device="cpu"))
     run_id = registry.log_training(result, settings, ds=train_days[-1], label_age_days=0)
     version = registry.register_challenger(run_id, settings)
     client.set_registered_model_alias(name, "champion", str(version))

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from ml.labels import assign_splits
-    from ml.train import TrainConfig, metrics_from_predictions, train_baselines, train_model
+    from ml.model import TrainConfig, metrics_from_predictions, train_baselines, train_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(

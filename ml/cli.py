@@ -12,11 +12,11 @@ import sys
 STEPS: dict[str, tuple[str, str]] = {
     "demo-data": ("ml.demo_data", "generate demo posts into MySQL and photos into the image store"),
     "etl": ("ml.etl", "extract, validate, sanitise and write one window of posts to the lake"),
-    "embed": ("ml.features", "image (ResNet50) and caption (MiniLM) features of one day"),
+    "embed": ("ml.embed", "image (ResNet50) and caption (MiniLM) features of one day"),
     "tune-bins": ("ml.labels", "propose comment-count bin edges from a window's histogram"),
     "train": ("ml.train", "train the engagement classifier and its baselines on a window"),
     "report": ("ml.report", "build, archive, log and email the weekly model report of a week"),
-    "promote": ("ml.registry", "promote a registered model version to champion if it passes"),
+    "promote": ("ml.promote", "promote a registered model version to champion if it passes"),
 }
 
 

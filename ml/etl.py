@@ -26,20 +26,18 @@ from ml.config import ConfigError, Settings
 from ml.lake import Lake, LakeError, ds_str
 from ml.progress import Progress
 from ml.reasons import Reason
-from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN, DATASET_QUARANTINE, QUARANTINE_SCHEMA
-from ml.source import (
+from ml.schema import (
+    CLEAN_SCHEMA,
+    DATASET_CLEAN,
+    DATASET_QUARANTINE,
+    DATASET_RAW,
     DISTINCT_COLUMNS,
-    EXTRACT_PLANS,
+    QUARANTINE_SCHEMA,
     RAW_SCHEMA,
-    MySQLTarget,
-    SourceError,
-    choose_plan,
-    extract_window,
 )
+from ml.source import EXTRACT_PLANS, MySQLTarget, SourceError, choose_plan, extract_window
 
 log = logging.getLogger(__name__)
-
-DATASET_RAW = "posts_raw"
 
 
 class ValidationFailed(RuntimeError):

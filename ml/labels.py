@@ -25,8 +25,11 @@ import logging
 import math
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import numpy as np
+
+from ml.schema import DATASET_CLEAN
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,18 @@ def bin_labels(comment_count, edges: Sequence[int] = DEFAULT_EDGES):
         raise ValueError(f"comment_count below the first edge {e[0]}")
     out = np.searchsorted(e, counts, side="right").astype(np.int64) - 1
     return int(out) if out.ndim == 0 else out
+
+
+def bin_names(edges: Sequence[int]) -> list[str]:
+    """ "0", "1-2", ..., "600+": the comment counts of each class, for people to read."""
+    out = []
+    for i, e in enumerate(edges):
+        if i + 1 < len(edges):
+            hi = edges[i + 1] - 1
+            out.append(str(e) if hi == e else f"{e}-{hi}")
+        else:
+            out.append(f"{e}+")
+    return out
 
 
 def _nice(x: float) -> int:
@@ -173,6 +188,42 @@ def cutoff_of(end: str | date) -> datetime:
     return datetime.combine(d + timedelta(days=1), datetime.min.time())
 
 
+def load_labels(
+    lake: Any,
+    start: str,
+    end: str,
+    label_age_days: int = DEFAULT_LABEL_AGE_DAYS,
+    min_hearts: int = MIN_HEARTS,
+):
+    """Latest snapshot of each post in `posts_clean` start..end (inclusive), label filter
+    applied: a pyarrow Table (id, hearts, comment_count, created_at, ds), sorted by id."""
+    import pyarrow as pa
+
+    cols = ["id", "hearts", "comment_count", "created_at", "updated_at"]
+    parts = [d for d in lake.partitions(DATASET_CLEAN) if start <= d <= end]
+    tables = []
+    for d in parts:
+        t = lake.read_partition(DATASET_CLEAN, d, columns=cols)
+        tables.append(t.append_column("ds", pa.array([d] * t.num_rows, pa.string())))
+    if not tables:
+        raise FileNotFoundError(f"no posts_clean partitions between {start} and {end}")
+    t = pa.concat_tables(tables).sort_by(
+        [("id", "ascending"), ("ds", "ascending"), ("updated_at", "ascending")]
+    )
+    ids = t["id"].to_numpy()
+    last = np.ones(len(ids), bool)
+    last[:-1] = ids[:-1] != ids[1:]
+    t = t.filter(pa.array(last))
+    keep = label_mask(
+        t["created_at"].to_numpy(),
+        t["hearts"].to_numpy(),
+        cutoff_of(end),
+        label_age_days,
+        min_hearts,
+    )
+    return t.filter(pa.array(keep)).drop_columns(["updated_at"])
+
+
 # -- CLI: python -m ml tune-bins ---------------------------------------------------------------
 
 
@@ -184,15 +235,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--start", required=True, help="first posts_clean partition (YYYY-MM-DD)")
     p.add_argument("--end", required=True, help="last posts_clean partition (YYYY-MM-DD)")
     p.add_argument("--n-bins", type=int, default=N_CLASSES)
-    p.add_argument("--label-age-days", type=int, default=DEFAULT_LABEL_AGE_DAYS)
+    p.add_argument("--label-age-days", type=int, help="default: POSTFLOW_LABEL_AGE_DAYS (settings)")
     args = p.parse_args(argv)
 
     from ml.config import Settings
     from ml.lake import Lake
-    from ml.train import load_labels
 
-    lake = Lake.from_settings(Settings.load())
-    labels = load_labels(lake, args.start, args.end, label_age_days=args.label_age_days)
+    settings = Settings.load()
+    age = settings.label_age_days if args.label_age_days is None else args.label_age_days
+    labels = load_labels(Lake.from_settings(settings), args.start, args.end, label_age_days=age)
     counts = labels["comment_count"].to_numpy()
     edges = tune_bins(counts, args.n_bins)
     print(

@@ -128,6 +128,15 @@ class Lake:
                     out.append(name[3:])
         return sorted(out)
 
+    def partition_files(self, dataset: str, ds: date | datetime | str) -> list[str]:
+        """Paths (in `self.fs`) of the Parquet files of a committed partition; [] when the
+        partition is not committed. Readers that filter or sample rows start here."""
+        manifest = self.read_manifest(dataset, ds)
+        if manifest is None:
+            return []
+        base = self.partition_path(dataset, ds)
+        return [posixpath.join(base, f) for f in manifest["files"]]
+
     def read_partition(
         self, dataset: str, ds: date | datetime | str, columns: list[str] | None = None
     ) -> pa.Table:

@@ -38,7 +38,8 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
-from ml.report_charts import Chart, bin_names
+from ml.labels import bin_names
+from ml.report_charts import Chart
 from ml.report_data import Week
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ml.labels import bin_names
+
 DPI = 100
 WIDTH_IN = 6.4  # 640 px: fits a 680 px mail column
 COLORS = {
@@ -44,18 +46,6 @@ class Chart:
     title: str
     alt: str
     png: bytes
-
-
-def bin_names(edges: Sequence[int]) -> list[str]:
-    """ "0", "1-2", ..., "600+": the comment counts of each class."""
-    out = []
-    for i, e in enumerate(edges):
-        if i + 1 < len(edges):
-            hi = edges[i + 1] - 1
-            out.append(str(e) if hi == e else f"{e}-{hi}")
-        else:
-            out.append(f"{e}+")
-    return out
 
 
 def _figure(height_in: float, ncols: int = 1, **kwargs):

@@ -27,13 +27,20 @@ import math
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ml.dataset import WindowSplit, build_split, split_features
+from ml.features import sample_features
+from ml.labels import DEFAULT_EDGES, bin_labels, bin_names, histogram, load_labels
+from ml.lake import code_version
+from ml.model import metrics_from_predictions
+from ml.registry import connect
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +222,7 @@ def data_quality(lake: Any, week: Week) -> dict[str, Any]:
 
 
 def _labels(lake: Any, start: str, end: str, label_age_days: int):
-    """`ml.train.load_labels`, or None when the window has no posts_clean partition."""
-    from ml.train import load_labels
-
+    """`ml.labels.load_labels`, or None when the window has no posts_clean partition."""
     try:
         return load_labels(lake, start, end, label_age_days=label_age_days)
     except FileNotFoundError:
@@ -229,79 +234,21 @@ def training_window(settings: Any, week: Week) -> tuple[str, str]:
     return (end - timedelta(days=settings.train_window_days - 1)).isoformat(), end.isoformat()
 
 
-@dataclass
-class LabelSplit:
-    """The labelled posts of a window and their split (kept for the live evaluation)."""
-
-    window: tuple[str, str]
-    edges: tuple[int, ...]
-    ids: np.ndarray
-    ds: np.ndarray
-    y: np.ndarray
-    split: np.ndarray
-    with_features: bool = False
-    without_features: int = 0  # labelled posts left out for lack of features
-
-    def histogram(self, name: str) -> list[int]:
-        from ml.labels import histogram
-
-        return histogram(self.y[self.split == name], len(self.edges))
-
-
-def with_features(lake: Any, ids: np.ndarray, ds: np.ndarray) -> np.ndarray:
-    """Which labelled posts have a row in `features/ds` of their snapshot's day (post ids only
-    are read)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from ml.features import _partition_files
-
-    mask = np.zeros(len(ids), bool)
-    for d in sorted(set(ds.tolist())):
-        sel = ds == d
-        files = _partition_files(lake, "features", d)
-        if not files:
-            continue
-        flt = pc.field("post_id").isin(pa.array(ids[sel], pa.int64()))
-        found = [
-            pq.read_table(f, columns=["post_id"], filters=flt, filesystem=lake.fs)["post_id"]
-            for f in files
-        ]
-        have = np.concatenate([c.to_numpy() for c in found]) if found else np.zeros(0, np.int64)
-        mask[sel] = np.isin(ids[sel], have)
-    return mask
-
-
-def label_split(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> LabelSplit | None:
-    """The labelled posts of the current training window, split as `ml.train.run_training`
-    splits them: among the posts with features, `n` = their number. When the window has no
-    features at all, every labelled post counts (and `with_features` says so)."""
-    from ml.labels import assign_splits, bin_labels
-
+def label_split(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> WindowSplit | None:
+    """The labelled posts of the current training window, split as training splits them
+    (`ml.dataset.build_split`); when the window has no features at all, every labelled post
+    counts (and `with_features` says so). None when the window has no labelled post."""
     window = training_window(settings, week)
-    t = _labels(lake, *window, settings.label_age_days)
-    if t is None or t.num_rows == 0:
+    try:
+        split = build_split(
+            lake, *window, edges, settings.label_age_days, labels_only_fallback=True
+        )
+    except FileNotFoundError:
         return None
-    ids = t["id"].to_numpy()
-    ds = np.asarray(t["ds"].to_pylist(), dtype=object)
-    y = np.asarray(bin_labels(t["comment_count"].to_numpy(), edges)).reshape(-1)
-    has = with_features(lake, ids, ds)
-    if has.any():
-        ids, ds, y = ids[has], ds[has], y[has]
-    return LabelSplit(
-        window=window,
-        edges=tuple(edges),
-        ids=ids,
-        ds=ds,
-        y=y,
-        split=assign_splits(ids, len(ids)),
-        with_features=bool(has.any()),
-        without_features=int((~has).sum()) if has.any() else 0,
-    )
+    return split if split.labelled else None
 
 
-def labels_section(split: LabelSplit | None, settings: Any, week: Week, edges) -> dict[str, Any]:
+def labels_section(split: WindowSplit | None, settings: Any, week: Week, edges) -> dict[str, Any]:
     window = split.window if split else training_window(settings, week)
     out: dict[str, Any] = {
         "window": list(window),
@@ -309,7 +256,7 @@ def labels_section(split: LabelSplit | None, settings: Any, week: Week, edges) -
         "label_age_days": settings.label_age_days,
         "rows": 0 if split is None else int(len(split.ids)),
         "with_features": bool(split and split.with_features),
-        "without_features": 0 if split is None else split.without_features,
+        "without_features": 0 if split is None else split.missing_features,
     }
     for name in ("train", "val", "test"):
         out[name] = split.histogram(name) if split else [0] * len(edges)
@@ -492,33 +439,15 @@ def run_artifact_json(client: Any, run_id: str, name: str) -> Any | None:
 # -- champion on the current test split ---------------------------------------------------------
 
 
-def test_features(lake: Any, split: LabelSplit) -> tuple[np.ndarray, np.ndarray, int]:
+def test_features(lake: Any, split: WindowSplit) -> tuple[np.ndarray, np.ndarray, int]:
     """(X float32 (n, 2432), y) of the test posts that have features; and how many had none."""
-    from ml.train import N_FEATURES, read_features
-
-    test = split.split == "test"
-    ids, ds, y = split.ids[test], split.ds[test], split.y[test]
-    xs, ys = [], []
-    for d in sorted(set(ds.tolist())):
-        sel_ids, sel_y = ids[ds == d], y[ds == d]
-        found = read_features(lake, d, sel_ids)
-        if found is None or len(found[0]) == 0:
-            continue
-        pid, X_d, _ = found
-        order = np.argsort(sel_ids)
-        xs.append(X_d)
-        ys.append(sel_y[order][np.searchsorted(sel_ids[order], pid)])
-    if not xs:
-        return np.zeros((0, N_FEATURES), np.float32), np.zeros(0, np.int64), int(len(ids))
-    X = np.concatenate(xs).astype(np.float32)
-    return X, np.concatenate(ys), int(len(ids) - len(X))
+    data = split_features(lake, split, ("test",))
+    return data.X, data.y, split.size("test") - len(data.y)
 
 
 def load_version_model(settings: Any, version: str):
     """The pyfunc model of a registered version (`models:/<name>/<version>`)."""
     import mlflow.pyfunc
-
-    from ml.registry import connect
 
     connect(settings)  # process-wide tracking/registry URIs and the S3 endpoint for artifacts
     return mlflow.pyfunc.load_model(f"models:/{settings.registered_model}/{version}")
@@ -528,14 +457,12 @@ def evaluation_section(
     lake: Any,
     settings: Any,
     champion: dict[str, Any] | None,
-    split: LabelSplit | None,
+    split: WindowSplit | None,
     logged_metrics: dict[str, Any] | None,
     load_model: Callable[[Any, str], Any],
     n_classes: int,
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """Confusion matrix and per-class recall of the champion on the current test split."""
-    from ml.train import metrics_from_predictions
-
     notes: list[str] = []
     if champion is None:
         return None, notes
@@ -599,36 +526,6 @@ def evaluation_section(
 # -- drift --------------------------------------------------------------------------------------
 
 
-def sample_features(lake: Any, days: Iterable[str], max_rows: int = DRIFT_SAMPLE_ROWS):
-    """Up to `max_rows` embeddings (img, txt as float32) spread over the days' partitions: the
-    first rows of each day's partition, an equal share per day."""
-    import pyarrow.parquet as pq
-
-    from ml.features import IMG_DIM, TXT_DIM, _partition_files, _vectors
-
-    files_by_day = [(d, _partition_files(lake, "features", d)) for d in days]
-    files_by_day = [(d, f) for d, f in files_by_day if f]
-    if not files_by_day:
-        return None
-    quota = max(1, max_rows // len(files_by_day))
-    imgs, txts = [], []
-    for _, files in files_by_day:
-        left = quota
-        for f in files:
-            if left <= 0:
-                break
-            with lake.fs.open_input_file(f) as fh:
-                pf = pq.ParquetFile(fh)
-                for batch in pf.iter_batches(batch_size=left, columns=["img", "txt"]):
-                    imgs.append(_vectors(batch.column("img"), IMG_DIM).astype(np.float32))
-                    txts.append(_vectors(batch.column("txt"), TXT_DIM).astype(np.float32))
-                    left -= batch.num_rows
-                    break
-    if not imgs:
-        return None
-    return np.concatenate(imgs), np.concatenate(txts)
-
-
 def _top_component(X: np.ndarray, iters: int = 30, seed: int = 0) -> np.ndarray:
     """First principal direction of X (rows centred by the caller), by power iteration."""
     rng = np.random.default_rng(seed)
@@ -668,8 +565,6 @@ def embedding_drift(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
 def week_labels(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> np.ndarray | None:
     """Classes of the labels that matured this week: posts created in
     [week start - label age, week end - label age), latest snapshot up to the week's end."""
-    from ml.labels import bin_labels
-
     age = timedelta(days=settings.label_age_days)
     first = week.start - age
     t = _labels(lake, first.isoformat(), week.last_day.isoformat(), settings.label_age_days)
@@ -690,9 +585,6 @@ def drift_section(
     edges: Sequence[int],
     max_rows: int = DRIFT_SAMPLE_ROWS,
 ) -> dict[str, Any]:
-    from ml.labels import bin_labels, histogram
-    from ml.report_charts import bin_names
-
     threshold = settings.drift_psi_threshold
     if champion and champion.get("window"):
         ref_window, ref_source = tuple(champion["window"]), f"champion v{champion['version']}"
@@ -769,9 +661,6 @@ def collect(
     drift_rows: int = DRIFT_SAMPLE_ROWS,
 ) -> dict[str, Any]:
     """Every number of the report for `week` (see the module docstring)."""
-    from ml.labels import DEFAULT_EDGES
-    from ml.lake import code_version
-
     now = now or datetime.now(UTC)
     timings: dict[str, float] = {}
     notes: list[str] = []

@@ -20,36 +20,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow as pa
 
+from ml.schema import POSTS_COLUMNS, RAW_SCHEMA
+
 log = logging.getLogger(__name__)
-
-POSTS_COLUMNS = (
-    "id",
-    "author_id",
-    "caption",
-    "image_uri",
-    "hearts",
-    "comment_count",
-    "created_at",
-    "updated_at",
-)
-
-RAW_SCHEMA = pa.schema(
-    [
-        ("id", pa.int64()),
-        ("author_id", pa.int64()),
-        ("caption", pa.large_string()),
-        ("image_uri", pa.large_string()),
-        ("hearts", pa.int64()),
-        ("comment_count", pa.int64()),
-        ("created_at", pa.timestamp("us")),
-        ("updated_at", pa.timestamp("us")),
-    ]
-)
-
-# Columns whose values are (nearly) all distinct: Parquet dictionary encoding would be tried and
-# abandoned on every page. Writing them plain makes the extract's Parquet write 30% cheaper and
-# the file half the size (bench/bench_extract.py data).
-DISTINCT_COLUMNS = ("id", "caption", "image_uri", "created_at", "updated_at")
 
 
 class SourceError(RuntimeError):
@@ -203,6 +176,39 @@ def count_posts(target: MySQLTarget) -> int:
         return int(cur.fetchone()[0])
     finally:
         conn.close()
+
+
+def create_reader_account(
+    admin: MySQLTarget,
+    user: str,
+    password: str,
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+) -> MySQLTarget:
+    """The pipeline's account: SELECT on `posts` of `admin.database`, nothing else.
+
+    For each of `hosts` (account hosts: "127.0.0.1", "localhost", "%" for any host) the account
+    `user`@host is created when missing and its password set to `password` either way, so a
+    second call only changes the password. `admin` may create users and grant. User, host and
+    password go into the SQL as literals escaped by the connection (no parameters: MySQLdb
+    %-formats a parametrised query and chokes on a '%' host). Returns the reader's target.
+    """
+    conn = admin.connect()
+    try:
+
+        def literal(value: str) -> str:
+            return conn.literal(value).decode(conn.encoding)
+
+        table = "`" + admin.database.replace("`", "``") + "`.`posts`"
+        cur = conn.cursor()
+        for host in hosts:
+            account, pw = f"{literal(user)}@{literal(host)}", literal(password)
+            cur.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {pw}")
+            cur.execute(f"ALTER USER {account} IDENTIFIED BY {pw}")
+            cur.execute(f"GRANT SELECT ON {table} TO {account}")
+        conn.commit()
+    finally:
+        conn.close()
+    return MySQLTarget(admin.host, admin.port, user, password, admin.database)
 
 
 @dataclass

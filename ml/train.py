@@ -1,515 +1,30 @@
-"""`python -m ml train`: the engagement classifier and its baselines.
+"""`python -m ml train`: train the engagement classifier and its baselines on a window, log the
+run to MLflow and register the model as the `challenger` version.
 
-Model: StandardScaler -> PCA(128, whitened) fitted with scikit-learn, folded into one affine map
-(W, b) so that inference is a single matmul; then a PyTorch MLP (ReLU, dropout) trained with
-Adam on cross-entropy with balanced class weights, early-stopped on the (equally weighted)
-validation loss. `TrainedModel` holds only numpy arrays and plain config: it pickles, saves to
-`model.npz` + `model.json` without pickle, and predicts identically after a round trip, on CPU or
-CUDA, which is what an `mlflow.pyfunc` wrapper needs (input: float32 n x 2432 features).
-
-Baselines, trained on the same split: the majority class, and logistic regression (balanced
-class weights) on the same standardised + PCA features.
-
-Dataset: a post's label is its latest snapshot in the window (`posts_clean` partitions
-start..end), kept only when old enough (label age) and with hearts >= 1; its features are the
-row of `features/ds` for the partition of that snapshot, i.e. the image and caption the label
-belongs to. Posts without features (skipped at embed) are counted and left out.
+The data and its split come from `ml.dataset`, the models from `ml.model`, the MLflow records
+from `ml.registry`; this module runs them in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
-from ml.labels import (
-    DEFAULT_EDGES,
-    DEFAULT_LABEL_AGE_DAYS,
-    MIN_HEARTS,
-    assign_splits,
-    bin_labels,
-    cutoff_of,
-    histogram,
-    label_mask,
+from ml.dataset import SPLITS, TrainingData, load_dataset
+from ml.encoders import resolve_device
+from ml.labels import DEFAULT_EDGES, histogram
+from ml.model import (
+    TrainConfig,
+    TrainedModel,
+    evaluate,
+    metrics_from_predictions,
+    train_baselines,
+    train_model,
 )
-
-log = logging.getLogger(__name__)
-
-N_FEATURES = 2048 + 384
-SPLITS = ("train", "val", "test")
-
-
-# -- data ---------------------------------------------------------------------------------------
-
-
-def load_labels(
-    lake: Any,
-    start: str,
-    end: str,
-    label_age_days: int = DEFAULT_LABEL_AGE_DAYS,
-    min_hearts: int = MIN_HEARTS,
-):
-    """Latest snapshot of each post in `posts_clean` start..end (inclusive), label filter
-    applied: a pyarrow Table (id, hearts, comment_count, created_at, ds), sorted by id."""
-    import pyarrow as pa
-
-    cols = ["id", "hearts", "comment_count", "created_at", "updated_at"]
-    parts = [d for d in lake.partitions("posts_clean") if start <= d <= end]
-    tables = []
-    for d in parts:
-        t = lake.read_partition("posts_clean", d, columns=cols)
-        tables.append(t.append_column("ds", pa.array([d] * t.num_rows, pa.string())))
-    if not tables:
-        raise FileNotFoundError(f"no posts_clean partitions between {start} and {end}")
-    t = pa.concat_tables(tables).sort_by(
-        [("id", "ascending"), ("ds", "ascending"), ("updated_at", "ascending")]
-    )
-    ids = t["id"].to_numpy()
-    last = np.ones(len(ids), bool)
-    last[:-1] = ids[:-1] != ids[1:]
-    t = t.filter(pa.array(last))
-    keep = label_mask(
-        t["created_at"].to_numpy(),
-        t["hearts"].to_numpy(),
-        cutoff_of(end),
-        label_age_days,
-        min_hearts,
-    )
-    return t.filter(pa.array(keep)).drop_columns(["updated_at"])
-
-
-@dataclass
-class TrainingData:
-    X: np.ndarray  # float32 (n, 2432): img ++ txt
-    y: np.ndarray  # int64 class
-    post_ids: np.ndarray
-    comment_count: np.ndarray
-    edges: tuple[int, ...]
-    image_models: list[str]
-    text_models: list[str]
-    missing_features: int
-    window: tuple[str, str]
-
-
-def read_features(
-    lake: Any, ds: str, ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, tuple[set[str], set[str]]] | None:
-    """Features of `ids` in `features/ds`: (post ids found, sorted; float32 X (n, 2432);
-    (image models, text models)), or None when the day has no features partition. The one
-    place features are read back, for training and for scoring the champion alike."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from ml.features import FEATURES_SCHEMA, IMG_DIM, TXT_DIM, _partition_files, _vectors
-
-    files = _partition_files(lake, "features", ds)
-    if not files:
-        return None
-    flt = pc.field("post_id").isin(pa.array(ids, pa.int64()))
-    ft = pa.concat_tables(
-        [pq.read_table(f, filters=flt, filesystem=lake.fs) for f in files]
-    ).select(FEATURES_SCHEMA.names)
-    if ft.num_rows == 0:
-        return np.zeros(0, np.int64), np.zeros((0, N_FEATURES), np.float32), (set(), set())
-    pid = ft["post_id"].to_numpy()
-    _, first = np.unique(pid, return_index=True)  # sorted, one row per post
-    ft = ft.take(pa.array(first))
-    X = np.concatenate([_vectors(ft["img"], IMG_DIM), _vectors(ft["txt"], TXT_DIM)], axis=1)
-    models = (
-        set(ft["image_model"].unique().to_pylist()),
-        set(ft["text_model"].unique().to_pylist()),
-    )
-    return ft["post_id"].to_numpy(), X.astype(np.float32), models
-
-
-def load_dataset(
-    lake: Any,
-    start: str,
-    end: str,
-    edges: Sequence[int] = DEFAULT_EDGES,
-    label_age_days: int = DEFAULT_LABEL_AGE_DAYS,
-    min_hearts: int = MIN_HEARTS,
-) -> TrainingData:
-    """Features joined with labels over the window (see the module docstring)."""
-    labels = load_labels(lake, start, end, label_age_days, min_hearts)
-    lab_ids = labels["id"].to_numpy()
-    lab_ds = np.asarray(labels["ds"].to_pylist(), dtype=object)
-    lab_cc = labels["comment_count"].to_numpy()
-    xs, ids_out, cc_out, im_models, tm_models = [], [], [], set(), set()
-    for d in sorted(set(lab_ds.tolist())):
-        sel = lab_ids[lab_ds == d]
-        found = read_features(lake, d, sel)
-        if found is None:
-            log.warning("no features partition for %s: %d labelled posts left out", d, len(sel))
-            continue
-        pid, X_d, models = found
-        if len(pid) == 0:
-            continue
-        xs.append(X_d)
-        ids_out.append(pid)
-        cc_out.append(lab_cc[np.searchsorted(lab_ids, pid)])  # labels are sorted by id
-        im_models |= models[0]
-        tm_models |= models[1]
-    if ids_out:
-        ids = np.concatenate(ids_out)
-        order = np.argsort(ids, kind="stable")
-        X, ids, cc = np.concatenate(xs)[order], ids[order], np.concatenate(cc_out)[order]
-    else:
-        X, ids, cc = np.zeros((0, N_FEATURES), np.float32), np.zeros(0, np.int64), np.zeros(0)
-    return TrainingData(
-        X=X,
-        y=np.asarray(bin_labels(cc, edges), dtype=np.int64).reshape(-1),
-        post_ids=ids,
-        comment_count=cc,
-        edges=tuple(edges),
-        image_models=sorted(im_models),
-        text_models=sorted(tm_models),
-        missing_features=int(len(lab_ids) - len(ids)),
-        window=(start, end),
-    )
-
-
-# -- model --------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainConfig:
-    n_classes: int = len(DEFAULT_EDGES)
-    pca_dim: int = 128
-    pca_fit_rows: int = 200_000  # PCA is fitted on a seeded sample of at most this many rows
-    hidden: tuple[int, ...] = (256,)
-    dropout: float = 0.2
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    max_epochs: int = 200
-    patience: int = 10
-    min_delta: float = 1e-4
-    class_weight: str | None = "balanced"
-    seed: int = 0
-    device: str = "auto"
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _mlp(arch: dict[str, Any]):
-    import torch.nn as nn
-
-    layers: list[nn.Module] = []
-    width = arch["in_dim"]
-    for h in arch["hidden"]:
-        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(arch["dropout"])]
-        width = h
-    layers.append(nn.Linear(width, arch["n_classes"]))
-    return nn.Sequential(*layers)
-
-
-def fit_preprocess(X: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """StandardScaler then whitened PCA, folded into (W, b): z = x @ W + b."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
-    rng = np.random.default_rng(config.seed)
-    sample = X
-    if len(X) > config.pca_fit_rows:
-        sample = X[np.sort(rng.choice(len(X), config.pca_fit_rows, replace=False))]
-    scaler = StandardScaler().fit(sample)
-    k = min(config.pca_dim, sample.shape[0], sample.shape[1])
-    solver = "covariance_eigh" if sample.shape[0] > 2 * sample.shape[1] else "full"
-    pca = PCA(n_components=k, whiten=True, svd_solver=solver, random_state=config.seed)
-    pca.fit(scaler.transform(sample))
-    inv_sd = 1.0 / np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
-    W = (pca.components_.T / scaler.scale_[:, None]) * inv_sd[None, :]
-    b = -((scaler.mean_ / scaler.scale_ + pca.mean_) @ pca.components_.T) * inv_sd
-    return W.astype(np.float32), b.astype(np.float32)
-
-
-def _project(X: np.ndarray, W: np.ndarray, b: np.ndarray, device: str, rows: int = 65_536):
-    """x @ W + b on the device, in chunks: float32 torch tensor (n, k) on the device."""
-    import torch
-
-    Wt, bt = torch.from_numpy(W).to(device), torch.from_numpy(b).to(device)
-    out = [
-        torch.from_numpy(np.ascontiguousarray(X[i : i + rows], dtype=np.float32)).to(device) @ Wt
-        + bt
-        for i in range(0, len(X), rows)
-    ]
-    return torch.cat(out) if out else torch.zeros((0, W.shape[1]), device=device)
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """sklearn's "balanced": n / (k * count_c) over the k classes present; 0 for absent ones."""
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    present = counts > 0
-    w = np.zeros(n_classes)
-    w[present] = len(y) / (present.sum() * counts[present])
-    return w.astype(np.float32)
-
-
-@dataclass
-class TrainedModel:
-    """Scaler+PCA (as W, b) and the MLP weights as numpy arrays: device-free and picklable."""
-
-    W: np.ndarray
-    b: np.ndarray
-    state: dict[str, np.ndarray]
-    arch: dict[str, Any]
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    config: dict[str, Any] = field(default_factory=dict)
-    _nets: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.arch["n_classes"])
-
-    def __getstate__(self) -> dict[str, Any]:
-        d = self.__dict__.copy()
-        d["_nets"] = {}
-        return d
-
-    def _net(self, device: str):
-        import torch
-
-        if device not in self._nets:
-            net = _mlp(self.arch)
-            net.load_state_dict({k: torch.from_numpy(v) for k, v in self.state.items()})
-            self._nets[device] = net.to(device).eval()
-        return self._nets[device]
-
-    def predict_proba(
-        self, X: np.ndarray, device: str = "cpu", batch_rows: int = 65_536
-    ) -> np.ndarray:
-        """Class probabilities, float32 (n, n_classes), for float32 features (n, 2432)."""
-        import torch
-
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.W.shape[0]:
-            raise ValueError(f"expected features of shape (n, {self.W.shape[0]}), got {X.shape}")
-        net, out = self._net(device), []
-        with torch.inference_mode():
-            for i in range(0, len(X), batch_rows):
-                z = _project(X[i : i + batch_rows], self.W, self.b, device)
-                out.append(torch.softmax(net(z), dim=1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.n_classes), np.float32)
-
-    def predict(self, X: np.ndarray, device: str = "cpu") -> np.ndarray:
-        return self.predict_proba(X, device).argmax(axis=1)
-
-    def save(self, path: str | Path) -> Path:
-        """`model.npz` (arrays) and `model.json` (architecture, history): no pickle involved."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path / "model.npz", W=self.W, b=self.b, **{f"mlp.{k}": v for k, v in self.state.items()}
-        )
-        meta = {
-            "arch": self.arch,
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            "config": self.config,
-            "format": 1,
-        }
-        (path / "model.json").write_text(json.dumps(meta, indent=2))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainedModel:
-        path = Path(path)
-        meta = json.loads((path / "model.json").read_text())
-        with np.load(path / "model.npz") as z:
-            arrays = {k: z[k] for k in z.files}
-        state = {k[4:]: v for k, v in arrays.items() if k.startswith("mlp.")}
-        arch = meta["arch"] | {"hidden": tuple(meta["arch"]["hidden"])}
-        return cls(
-            arrays["W"],
-            arrays["b"],
-            state,
-            arch,
-            meta["history"],
-            meta["best_epoch"],
-            meta["config"],
-        )
-
-
-def train_model(
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
-    config: TrainConfig | None = None,
-) -> TrainedModel:
-    """Fit scaler+PCA on train, then the MLP with early stopping on validation loss."""
-    import torch
-
-    cfg = config or TrainConfig()
-    device = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    W, b = fit_preprocess(X_train, cfg)
-    z_tr, z_va = _project(X_train, W, b, device), _project(X_val, W, b, device)
-    y_tr = torch.as_tensor(np.asarray(y_train, np.int64), device=device)
-    y_va = torch.as_tensor(np.asarray(y_val, np.int64), device=device)
-    arch = {
-        "in_dim": int(W.shape[1]),
-        "hidden": tuple(cfg.hidden),
-        "n_classes": cfg.n_classes,
-        "dropout": cfg.dropout,
-    }
-    net = _mlp(arch).to(device)
-    weight = None
-    if cfg.class_weight == "balanced":
-        weight = torch.from_numpy(class_weights(np.asarray(y_train), cfg.n_classes)).to(device)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    best, best_epoch, best_state, bad, history = float("inf"), -1, None, 0, []
-    n = len(z_tr)
-    for epoch in range(cfg.max_epochs):
-        t0 = time.monotonic()
-        net.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(z_tr[idx]), y_tr[idx])
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        net.eval()
-        with torch.no_grad():
-            logits = net(z_va)
-            val_loss = float(loss_fn(logits, y_va)) if len(z_va) else float("nan")
-            val_acc = float((logits.argmax(1) == y_va).float().mean()) if len(z_va) else 0.0
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": total / max(n, 1),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "seconds": time.monotonic() - t0,
-            }
-        )
-        if val_loss < best - cfg.min_delta:
-            best, best_epoch, bad = val_loss, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                log.info("early stop at epoch %d, best %d (val loss %.4f)", epoch, best_epoch, best)
-                break
-    if best_state is None:  # no validation data: keep the last weights
-        best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        best_epoch = len(history) - 1
-    state = {k: v.numpy() for k, v in best_state.items()}
-    cfg_d = asdict(cfg) | {"hidden": list(cfg.hidden)}
-    return TrainedModel(W, b, state, arch, history, best_epoch, cfg_d)
-
-
-# -- baselines ----------------------------------------------------------------------------------
-
-
-@dataclass
-class MajorityModel:
-    label: int
-    n_classes: int
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        p = np.zeros((len(X), self.n_classes), np.float32)
-        p[:, self.label] = 1.0
-        return p
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.full(len(X), self.label, np.int64)
-
-
-@dataclass
-class LogisticModel:
-    W: np.ndarray
-    b: np.ndarray
-    clf: Any
-    n_classes: int
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        z = np.asarray(X, np.float32) @ self.W + self.b
-        p = np.zeros((len(X), self.n_classes), np.float32)
-        p[:, self.clf.classes_] = self.clf.predict_proba(z)
-        return p
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.predict_proba(X).argmax(axis=1)
-
-
-def train_baselines(
-    X_train: np.ndarray, y_train: np.ndarray, model: TrainedModel, config: TrainConfig | None = None
-) -> dict[str, Any]:
-    """Majority class, and logistic regression on the model's own scaler+PCA features."""
-    from sklearn.linear_model import LogisticRegression
-
-    cfg = config or TrainConfig()
-    y = np.asarray(y_train, np.int64)
-    majority = MajorityModel(int(np.bincount(y, minlength=cfg.n_classes).argmax()), cfg.n_classes)
-    z = np.asarray(X_train, np.float32) @ model.W + model.b
-    clf = LogisticRegression(
-        max_iter=1000,
-        class_weight=cfg.class_weight,
-        random_state=cfg.seed,
-    ).fit(z, y)
-    return {"majority": majority, "logistic": LogisticModel(model.W, model.b, clf, cfg.n_classes)}
-
-
-# -- metrics ------------------------------------------------------------------------------------
-
-
-def metrics_from_predictions(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """accuracy, balanced accuracy, macro-F1 (sklearn's definitions), per-class recall (None for
-    a class absent from y), confusion matrix (rows = truth)."""
-    y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)
-    cm = np.zeros((n_classes, n_classes), np.int64)
-    np.add.at(cm, (y, pred), 1)
-    support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        recall = np.where(support > 0, tp / support, np.nan)
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        f1 = np.where(
-            precision + np.nan_to_num(recall) > 0,
-            2 * precision * np.nan_to_num(recall) / (precision + np.nan_to_num(recall)),
-            0.0,
-        )
-    seen = (support > 0) | (predicted > 0)
-    n = int(len(y))
-    return {
-        "n": n,
-        "accuracy": float(tp.sum() / n) if n else float("nan"),
-        "balanced_accuracy": float(np.nanmean(recall)) if (support > 0).any() else float("nan"),
-        "macro_f1": float(f1[seen].mean()) if seen.any() else float("nan"),
-        "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
-        "confusion_matrix": cm.tolist(),
-    }
-
-
-def evaluate(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> dict:
-    """Metrics of any object with `predict_proba(X)` on (X, y)."""
-    proba = model.predict_proba(X)
-    k = n_classes or proba.shape[1]
-    return metrics_from_predictions(y, proba.argmax(axis=1), k)
-
 
 # -- the whole step -----------------------------------------------------------------------------
 
@@ -546,14 +61,14 @@ def run_training(data: TrainingData, config: TrainConfig | None = None) -> Train
     """Split, train the MLP and the baselines, evaluate all three on val and test."""
     cfg = replace(config or TrainConfig(), n_classes=len(data.edges))
     t0 = time.monotonic()
-    split = assign_splits(data.post_ids, len(data.post_ids))
-    parts = {s: split == s for s in SPLITS}
+    parts = {s: data.part(s) for s in SPLITS}
     if not parts["train"].any() or not parts["val"].any():
-        raise ValueError(f"too little data to train: split sizes {parts}")
+        sizes = {s: int(v.sum()) for s, v in parts.items()}
+        raise ValueError(f"too little data to train: split sizes {sizes}")
     X, y = data.X, data.y
     model = train_model(X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]], cfg)
     baselines = train_baselines(X[parts["train"]], y[parts["train"]], model, cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     for name, m in {"mlp": model, **baselines}.items():
         metrics[name] = {}
@@ -579,7 +94,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--start", required=True, help="first partition of the window (YYYY-MM-DD)")
     p.add_argument("--end", required=True, help="last partition of the window (YYYY-MM-DD)")
     p.add_argument("--ds", default=None, help="logical date of the run (tagged on the MLflow run)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", help="auto | cpu | cuda[:K] (default: POSTFLOW_DEVICE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--edges", default=",".join(map(str, DEFAULT_EDGES)), help="bin edges")
     p.add_argument(
@@ -613,7 +128,10 @@ def main(argv: list[str]) -> int:
     age = settings.label_age_days if args.label_age_days is None else args.label_age_days
     data = load_dataset(lake, args.start, args.end, edges, age)
     cfg = TrainConfig(
-        n_classes=len(edges), device=args.device, seed=args.seed, max_epochs=args.max_epochs
+        n_classes=len(edges),
+        device=args.device or settings.device,
+        seed=args.seed,
+        max_epochs=args.max_epochs,
     )
     result = run_training(data, cfg)
     if args.out:

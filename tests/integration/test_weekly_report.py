@@ -93,7 +93,7 @@ def cli_json(main, argv: list[str]) -> dict:
 def world(airflow_db, s3_server, mlflow_server, tmp_path_factory):
     """Two days of demo posts through posts_etl, features, and two model versions trained,
     registered and put through the promotion gate, all inside WEEK."""
-    from ml import registry
+    from ml import promote
     from ml import train as T
     from ml.demo_data import generate
     from tests.conftest import MySQLDatabase
@@ -155,7 +155,7 @@ def world(airflow_db, s3_server, mlflow_server, tmp_path_factory):
                 ],
             )
             decision = cli_json(
-                registry.main,
+                promote.main,
                 ["--version", str(trained["version"]), "--start", start, "--end", end],
             )
             runs.append({"trained": trained, "decision": decision})

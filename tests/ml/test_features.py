@@ -14,7 +14,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from ml import embed as EM
+from ml import encoders as E
 from ml import features as F
+from ml import schema as S
 from ml.images import ImageStore
 from ml.lake import Lake
 from ml.schema import CLEAN_SCHEMA
@@ -85,10 +88,10 @@ def photos(tmp_path_factory) -> tuple[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def encoders():
-    img = F.ImageEncoder("none", "cpu", batch_size=8)
-    with pytest.warns(F.RandomWeightsWarning, match="RANDOM"):
+    img = E.ImageEncoder("none", "cpu", batch_size=8)
+    with pytest.warns(E.RandomWeightsWarning, match="RANDOM"):
         img.load()
-    return img, F.TextEncoder(device="cpu", batch_size=16)
+    return img, E.TextEncoder(device="cpu", batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def embedded(tmp_path_factory, photos, encoders):
     lake = Lake(str(tmp_path_factory.mktemp("lake")))
     _write_clean(lake, rows)
     store = functools.partial(ImageStore, root)
-    summary = F.embed_partition(lake, DS, store, *encoders, F.EmbedOptions(batch_size=5))
+    summary = EM.embed_partition(lake, DS, store, *encoders, EM.EmbedOptions(batch_size=5))
     return lake, store, summary
 
 
@@ -117,9 +120,9 @@ def test_features_shape_dtype_and_skip_recorded(embedded):
     lake, _, summary = embedded
     assert summary["computed"] == N_GOOD and summary["cached"] == 0 and summary["skipped"] == 1
     t = lake.read_partition("features", DS)
-    assert t.schema.equals(F.FEATURES_SCHEMA)
+    assert t.schema.equals(S.FEATURES_SCHEMA)
     assert t.num_rows == N_GOOD and BAD_ID not in t["post_id"].to_pylist()
-    img, txt = F._vectors(t["img"], F.IMG_DIM), F._vectors(t["txt"], F.TXT_DIM)
+    img, txt = F.vectors(t["img"], S.IMG_DIM), F.vectors(t["txt"], S.TXT_DIM)
     assert img.dtype == np.float16 and img.shape == (N_GOOD, 2048)
     assert txt.dtype == np.float16 and txt.shape == (N_GOOD, 384)
     assert np.isfinite(img.astype(np.float32)).all()
@@ -134,16 +137,16 @@ def test_content_hash_is_image_bytes_plus_caption(embedded, photos):
     root, rows = photos
     rec = _by_id(lake)[100]
     data = ImageStore(root).fetch(rows[0]["image_uri"])
-    assert rec["content_hash"] == F.content_hash(data, rows[0]["caption"])
-    assert F.content_hash(data, "other") != rec["content_hash"]
-    assert F.content_hash(b"x", "y") == F.content_hash(b"x", "y")
+    assert rec["content_hash"] == EM.content_hash(data, rows[0]["caption"])
+    assert EM.content_hash(data, "other") != rec["content_hash"]
+    assert EM.content_hash(b"x", "y") == EM.content_hash(b"x", "y")
 
 
 def test_rerun_with_nothing_new_does_no_model_work(embedded, capsys, monkeypatch):
     lake, store, _ = embedded
     before = _by_id(lake)
-    img, txt = F.ImageEncoder("none", "cpu"), F.TextEncoder()  # fresh: would have to load
-    summary = F.embed_partition(lake, DS, store, img, txt, F.EmbedOptions(batch_size=5))
+    img, txt = E.ImageEncoder("none", "cpu"), E.TextEncoder()  # fresh: would have to load
+    summary = EM.embed_partition(lake, DS, store, img, txt, EM.EmbedOptions(batch_size=5))
     assert summary["computed"] == 0 and summary["cached"] == N_GOOD and summary["skipped"] == 1
     assert not img.loaded and not txt.loaded and img.calls == txt.calls == 0
     after = _by_id(lake)
@@ -157,7 +160,7 @@ def test_rerun_with_nothing_new_does_no_model_work(embedded, capsys, monkeypatch
     monkeypatch.setenv("POSTFLOW_IMAGE_ROOT", store.args[0])
     monkeypatch.delenv("POSTFLOW_CONFIG", raising=False)
     argv = ["--ds", DS, "--device", "cpu", "--image-weights", "none", "--workers", "0"]
-    assert F.main(argv) == 0
+    assert EM.main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["computed"] == 0 and out["cached"] == N_GOOD and out["skipped"] == 1
 
@@ -172,7 +175,7 @@ def test_changed_caption_recomputes_only_that_post_deterministically(embedded, e
     changed[0]["caption"] = "a brand new caption"
     _write_clean(lake, changed)
     try:
-        summary = F.embed_partition(lake, DS, store, img_enc, txt_enc, F.EmbedOptions())
+        summary = EM.embed_partition(lake, DS, store, img_enc, txt_enc, EM.EmbedOptions())
         assert summary["computed"] == 1 and summary["cached"] == N_GOOD - 1
         assert img_enc.calls == calls + 1
         after = _by_id(lake)
@@ -182,13 +185,13 @@ def test_changed_caption_recomputes_only_that_post_deterministically(embedded, e
         assert after[100]["content_hash"] != before[100]["content_hash"]
     finally:
         _write_clean(lake, rows)
-        F.embed_partition(lake, DS, store, img_enc, txt_enc, F.EmbedOptions())
+        EM.embed_partition(lake, DS, store, img_enc, txt_enc, EM.EmbedOptions())
 
 
 def test_random_init_is_deterministic(encoders):
-    px = F.pillow_pixels(_jpeg(np.random.default_rng(1))).unsqueeze(0)
-    other = F.ImageEncoder("none", "cpu")
-    with pytest.warns(F.RandomWeightsWarning):
+    px = E.pillow_pixels(_jpeg(np.random.default_rng(1))).unsqueeze(0)
+    other = E.ImageEncoder("none", "cpu")
+    with pytest.warns(E.RandomWeightsWarning):
         other.load()
     np.testing.assert_array_equal(encoders[0].encode(px), other.encode(px))
 
@@ -196,21 +199,21 @@ def test_random_init_is_deterministic(encoders):
 def test_shards_split_the_day_and_merge(embedded):
     lake, store, _ = embedded
     ids = np.arange(10_000)
-    masks = [F.shard_mask(ids, i, 3) for i in range(3)]
+    masks = [EM.shard_mask(ids, i, 3) for i in range(3)]
     assert (sum(m.astype(int) for m in masks) == 1).all()  # disjoint and covering
     assert all(abs(m.mean() - 1 / 3) < 0.03 for m in masks)
 
-    img, txt = F.ImageEncoder("none", "cpu"), F.TextEncoder()
+    img, txt = E.ImageEncoder("none", "cpu"), E.TextEncoder()
     with pytest.raises(FileNotFoundError, match="shards"):
-        F.merge_shards(lake, DS, 2)
+        EM.merge_shards(lake, DS, 2)
     rows = 0
     for i in range(2):
-        s = F.embed_partition(lake, DS, store, img, txt, F.EmbedOptions(shard=(i, 2)))
+        s = EM.embed_partition(lake, DS, store, img, txt, EM.EmbedOptions(shard=(i, 2)))
         assert s["dataset"] == f"features_shards/shard={i}-of-2" and s["computed"] == 0
         rows += s["rows"]
     assert rows == N_GOOD and not img.loaded  # all served from features/ds
     before = _by_id(lake)
-    merged = F.merge_shards(lake, DS, 2)
+    merged = EM.merge_shards(lake, DS, 2)
     assert merged["rows"] == N_GOOD and merged["skipped"] == 1
     assert _by_id(lake) == before
 
@@ -231,17 +234,17 @@ def test_oom_halves_the_batch_and_goes_on():
         return np.arange(sl.start, sl.stop)
 
     owner = Owner()
-    out = np.concatenate(F._run_halving(fn, 7, owner, "test"))
+    out = np.concatenate(E._run_halving(fn, 7, owner, "test"))
     assert owner.batch_size == 2 and out.tolist() == list(range(7))
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_tensor_orientation_matches_pillow(orientation):
     arr = np.arange(5 * 3 * 3, dtype=np.uint8).reshape(5, 3, 3)
-    pil = np.asarray(F.orient_pil(Image.fromarray(arr), orientation))
+    pil = np.asarray(E.orient_pil(Image.fromarray(arr), orientation))
     import torch
 
-    ten = F.orient_tensor(torch.from_numpy(arr).permute(2, 0, 1), orientation).permute(1, 2, 0)
+    ten = E.orient_tensor(torch.from_numpy(arr).permute(2, 0, 1), orientation).permute(1, 2, 0)
     np.testing.assert_array_equal(ten.numpy(), pil)
 
 
@@ -250,14 +253,14 @@ def test_device_decode_path_matches_pillow_on_cpu(encoders):
     import torch
 
     data = _jpeg(np.random.default_rng(3), orientation=6)
-    item = F.Item(0, "jpeg", "h", torch.frombuffer(bytearray(data), dtype=torch.uint8), 6)
-    broken = F.Item(1, "jpeg", "h", torch.frombuffer(bytearray(b"\xff\xd8junk"), dtype=torch.uint8))
+    item = E.Item(0, "jpeg", "h", torch.frombuffer(bytearray(data), dtype=torch.uint8), 6)
+    broken = E.Item(1, "jpeg", "h", torch.frombuffer(bytearray(b"\xff\xd8junk"), dtype=torch.uint8))
     dev, bad = encoders[0].decode_jpegs([item, broken])
     assert bad is None and broken.reason.startswith("decode:")
-    ref = F.pillow_pixels(data)
+    ref = E.pillow_pixels(data)
     assert dev.shape == ref.shape == (3, 224, 224) and dev.dtype == torch.uint8
     assert (dev.float() - ref.float()).abs().mean() < 12
-    rot = F.pillow_pixels(_jpeg(np.random.default_rng(3), orientation=1))
+    rot = E.pillow_pixels(_jpeg(np.random.default_rng(3), orientation=1))
     assert (dev.float() - ref.float()).abs().mean() < (rot.float() - ref.float()).abs().mean()
 
 
@@ -270,7 +273,7 @@ def test_device_decode_resizes_each_size_once_and_keeps_order(encoders, monkeypa
     rng = np.random.default_rng(11)
     datas = [_jpeg(rng, o) for o in (1, 6, 1, 8, 1)]  # 64x48, then 48x64 once rotated
     items = [
-        F.Item(k, "jpeg", "h", torch.frombuffer(bytearray(d), dtype=torch.uint8), o)
+        E.Item(k, "jpeg", "h", torch.frombuffer(bytearray(d), dtype=torch.uint8), o)
         for k, (d, o) in enumerate(zip(datas, (1, 6, 1, 8, 1), strict=True))
     ]
     calls = []
@@ -281,21 +284,21 @@ def test_device_decode_resizes_each_size_once_and_keeps_order(encoders, monkeypa
     got = encoders[0].decode_jpegs(items)
     assert sorted(c[0] for c in calls) == [2, 3]  # two sizes, two calls
     for item, out in zip(items, got, strict=True):
-        img = F.orient_tensor(decode_jpeg(item.payload, mode=ImageReadMode.RGB), item.orientation)
-        want = TF.center_crop(real_resize(img, [F.RESIZE], antialias=True), [F.CROP, F.CROP])
+        img = E.orient_tensor(decode_jpeg(item.payload, mode=ImageReadMode.RGB), item.orientation)
+        want = TF.center_crop(real_resize(img, [E.RESIZE], antialias=True), [E.CROP, E.CROP])
         assert torch.equal(out, want)
 
 
 def test_imagenet_weights_missing_from_cache_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    enc = F.ImageEncoder("imagenet", "cpu")
+    enc = E.ImageEncoder("imagenet", "cpu")
     assert enc.model_id == "resnet50:imagenet1k_v2"
-    with pytest.raises(F.WeightsUnavailable, match="--allow-download"):
+    with pytest.raises(E.WeightsUnavailable, match="--allow-download"):
         enc.load()
 
 
 def test_parse_shard():
-    assert F.parse_shard("2/4") == (2, 4)
+    assert EM.parse_shard("2/4") == (2, 4)
     for bad in ("4/4", "x", "1/0"):
         with pytest.raises(argparse.ArgumentTypeError):
-            F.parse_shard(bad)
+            EM.parse_shard(bad)

@@ -11,10 +11,15 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+from ml import dataset as DS
+from ml import model as M
+from ml import promote as P
 from ml import registry as R
+from ml import schema as S
 from ml import train as T
+from ml.charts import confusion_png
 from ml.config import Settings
-from ml.labels import DEFAULT_EDGES
+from ml.labels import DEFAULT_EDGES, bin_names
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,34 +44,34 @@ def m(f1: float, *recall: float | None) -> dict:
 
 
 def test_first_model_passes_on_the_floor_only():
-    d = R.decide(m(0.30, 0.5, 0.1), None, margin=0.05, min_macro_f1=0.2, challenger_version=1)
+    d = P.decide(m(0.30, 0.5, 0.1), None, margin=0.05, min_macro_f1=0.2, challenger_version=1)
     assert d.promoted and "first model" in d.reason
     assert d.champion_version is None and d.champion_macro_f1 is None
-    d = R.decide(m(0.10, 0.5, 0.1), None, min_macro_f1=0.2)
+    d = P.decide(m(0.10, 0.5, 0.1), None, min_macro_f1=0.2)
     assert not d.promoted and "floor" in d.reason
-    d = R.decide(m(float("nan")), None)
+    d = P.decide(m(float("nan")), None)
     assert not d.promoted and "undefined" in d.reason
     assert d.to_dict()["challenger_macro_f1"] is None  # JSON-safe
 
 
 def test_margin_and_ties():
     champ = m(0.40, 0.5, 0.5)
-    assert R.decide(m(0.40, 0.5, 0.5), champ, margin=0.0).promoted  # a tie passes at margin 0
-    assert not R.decide(m(0.40, 0.5, 0.5), champ, margin=0.01).promoted
-    d = R.decide(m(0.42, 0.5, 0.5), champ, margin=0.01, champion_version=3)
+    assert P.decide(m(0.40, 0.5, 0.5), champ, margin=0.0).promoted  # a tie passes at margin 0
+    assert not P.decide(m(0.40, 0.5, 0.5), champ, margin=0.01).promoted
+    d = P.decide(m(0.42, 0.5, 0.5), champ, margin=0.01, champion_version=3)
     assert d.promoted and d.champion_version == 3 and d.champion_macro_f1 == 0.40
-    d = R.decide(m(0.39, 0.5, 0.5), champ)
+    d = P.decide(m(0.39, 0.5, 0.5), champ)
     assert not d.promoted and "< champion 0.4000" in d.reason
 
 
 def test_recall_collapse_of_one_class_rejects_a_better_model():
     champ = m(0.40, 0.50, 0.40, None, 0.30)
     # class 1 drops by 0.20 (> 0.15) although macro-F1 improved
-    d = R.decide(m(0.50, 0.90, 0.20, 0.9, 0.30), champ, max_recall_drop=0.15)
+    d = P.decide(m(0.50, 0.90, 0.20, 0.9, 0.30), champ, max_recall_drop=0.15)
     assert not d.promoted and "class 1 0.400->0.200" in d.reason
     # exactly the allowed drop passes; classes absent from the rows are not compared
-    assert R.decide(m(0.50, 0.35, 0.25, None, 0.15), champ, max_recall_drop=0.15).promoted
-    d = R.decide(m(0.30, 0.0, 0.40, None, 0.30), champ, margin=0.0, min_macro_f1=0.35)
+    assert P.decide(m(0.50, 0.35, 0.25, None, 0.15), champ, max_recall_drop=0.15).promoted
+    d = P.decide(m(0.30, 0.0, 0.40, None, 0.30), champ, margin=0.0, min_macro_f1=0.35)
     assert not d.promoted and d.reason.count(";") == 2  # floor, margin and recall all listed
 
 
@@ -75,7 +80,7 @@ def test_names_for_tags_and_plots():
     assert R.image_weights_tag(["resnet50:random-seed0"]) == "none"
     assert R.image_weights_tag(["resnet50:imagenet1k_v2", "resnet50:random-seed0"]) == "none"
     assert R.image_weights_tag(["resnet50:file-rn50.pth-0123456789ab"]) == "file:rn50.pth"
-    assert R.class_labels(DEFAULT_EDGES) == [
+    assert bin_names(DEFAULT_EDGES) == [
         "0",
         "1-2",
         "3-9",
@@ -85,7 +90,7 @@ def test_names_for_tags_and_plots():
         "300-599",
         "600+",
     ]
-    png = R.confusion_png(np.eye(8, dtype=int) * 3, R.class_labels(DEFAULT_EDGES), "t")
+    png = confusion_png(np.eye(8, dtype=int) * 3, bin_names(DEFAULT_EDGES), "t")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -129,10 +134,10 @@ def _write_lake(root) -> tuple[object, np.ndarray]:
     rng = np.random.default_rng(0)
     priors = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
     y = rng.choice(8, N_POSTS, p=priors)
-    basis = np.linalg.qr(rng.normal(size=(T.N_FEATURES, 16)))[0].T
+    basis = np.linalg.qr(rng.normal(size=(S.N_FEATURES, 16)))[0].T
     means = rng.normal(size=(8, 16)) * 1.5
     X = (
-        rng.normal(size=(N_POSTS, T.N_FEATURES)) * 0.5
+        rng.normal(size=(N_POSTS, S.N_FEATURES)) * 0.5
         + (means[y] + rng.normal(size=(N_POSTS, 16))) @ basis * 6
     )
     X = X.astype(np.float16).astype(np.float32)  # as stored in the lake
@@ -204,7 +209,7 @@ def world(_world_cache, mlflow_server, tmp_path_factory, capsys):
         assert len(stdout) == 1, stdout  # one JSON line, nothing else (MLflow's links -> stderr)
         trained = json.loads(stdout[0])
         version = str(trained["version"])
-        assert R.main(["--version", version, "--start", START, "--end", END]) == 0
+        assert P.main(["--version", version, "--start", START, "--end", END]) == 0
         stdout = capsys.readouterr().out.splitlines()
         assert len(stdout) == 1, stdout
         settings = Settings.load()
@@ -214,7 +219,7 @@ def world(_world_cache, mlflow_server, tmp_path_factory, capsys):
         X=X,
         trained=trained,
         decision=json.loads(stdout[0]),
-        model=T.TrainedModel.load(out_dir),
+        model=M.TrainedModel.load(out_dir),
         server=mlflow_server,
     )
     return _world_cache
@@ -299,15 +304,15 @@ def test_first_model_becomes_champion_and_serves_the_same_predictions(world):
 @pytest.mark.integration
 def test_worse_challenger_is_rejected_and_the_champion_stays(world):
     s, lake = world["settings"], world["lake"]
-    data = T.load_dataset(lake, START, END)
+    data = DS.load_dataset(lake, START, END)
     data.y = np.random.default_rng(1).permutation(data.y)  # labels unrelated to features
-    result = T.run_training(data, T.TrainConfig(max_epochs=5, seed=0))
+    result = T.run_training(data, M.TrainConfig(max_epochs=5, seed=0))
     run_id = R.log_training(result, s, ds=END, code_version="test")
     assert R.register_challenger(run_id, s) == 2
     client = R.connect(s)
     assert client.get_model_version_by_alias(s.registered_model, "challenger").version == "2"
 
-    d = R.promote(s, lake, "challenger", START, END)
+    d = P.promote(s, lake, "challenger", START, END)
     assert not d.promoted and d.challenger_version == 2 and d.champion_version == 1
     assert "< champion" in d.reason and d.champion_macro_f1 > d.challenger_macro_f1
     assert client.get_model_version_by_alias(s.registered_model, "champion").version == "1"
@@ -320,6 +325,6 @@ def test_worse_challenger_is_rejected_and_the_champion_stays(world):
     assert run.data.tags["postflow.code_version"] == "test"
     assert run.data.metrics["gate_champion_macro_f1"] == pytest.approx(d.champion_macro_f1)
 
-    again = R.promote(s, lake, 1, START, END)  # re-running for the champion changes nothing
+    again = P.promote(s, lake, 1, START, END)  # re-running for the champion changes nothing
     assert again.promoted and "already the champion" in again.reason
     assert client.get_model_version_by_alias(s.registered_model, "champion").version == "1"

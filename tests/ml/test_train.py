@@ -10,7 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ml import dataset as DS
 from ml import labels as L
+from ml import model as M
+from ml import schema as S
 from ml import train as T
 
 # -- labels -------------------------------------------------------------------------------------
@@ -83,9 +86,9 @@ def make_data(n: int, seed: int = 0, sep: float = 1.2, priors=PRIORS):
     """Class-dependent means in a random 16-d subspace of 2432-d noise."""
     rng = np.random.default_rng(seed)
     y = rng.choice(len(priors), n, p=priors)
-    basis = np.linalg.qr(rng.normal(size=(T.N_FEATURES, 16)))[0].T  # (16, 2432)
+    basis = np.linalg.qr(rng.normal(size=(S.N_FEATURES, 16)))[0].T  # (16, 2432)
     means = rng.normal(size=(len(priors), 16)) * sep
-    X = rng.normal(size=(n, T.N_FEATURES)) * 0.5 + (means[y] + rng.normal(size=(n, 16))) @ basis * 6
+    X = rng.normal(size=(n, S.N_FEATURES)) * 0.5 + (means[y] + rng.normal(size=(n, 16))) @ basis * 6
     return X.astype(np.float32), y
 
 
@@ -93,17 +96,17 @@ def make_data(n: int, seed: int = 0, sep: float = 1.2, priors=PRIORS):
 def trained():
     X, y = make_data(600)
     tr, va, te = slice(0, 360), slice(360, 480), slice(480, 600)
-    cfg = T.TrainConfig(max_epochs=60, patience=8, seed=0)
-    model = T.train_model(X[tr], y[tr], X[va], y[va], cfg)
-    base = T.train_baselines(X[tr], y[tr], model, cfg)
+    cfg = M.TrainConfig(max_epochs=60, patience=8, seed=0)
+    model = M.train_model(X[tr], y[tr], X[va], y[va], cfg)
+    base = M.train_baselines(X[tr], y[tr], model, cfg)
     return X, y, te, model, base, cfg
 
 
 def test_mlp_beats_majority_and_logistic_is_sane(trained):
     X, y, te, model, base, _ = trained
-    m = T.evaluate(model, X[te], y[te])
-    maj = T.evaluate(base["majority"], X[te], y[te])
-    lr = T.evaluate(base["logistic"], X[te], y[te])
+    m = M.evaluate(model, X[te], y[te])
+    maj = M.evaluate(base["majority"], X[te], y[te])
+    lr = M.evaluate(base["logistic"], X[te], y[te])
     assert maj["accuracy"] == pytest.approx((y[te] == np.bincount(y[:360]).argmax()).mean())
     assert m["macro_f1"] > maj["macro_f1"] + 0.3
     assert lr["macro_f1"] > maj["macro_f1"] + 0.2
@@ -114,8 +117,8 @@ def test_early_stopping_stops_and_keeps_the_best_epoch():
     """Labels unrelated to the features: validation loss turns up quickly and training stops."""
     X, _ = make_data(300, seed=4)
     y = np.random.default_rng(4).integers(0, 8, 300)
-    cfg = T.TrainConfig(max_epochs=300, patience=5, seed=0, lr=3e-3)
-    model = T.train_model(X[:200], y[:200], X[200:], y[200:], cfg)
+    cfg = M.TrainConfig(max_epochs=300, patience=5, seed=0, lr=3e-3)
+    model = M.train_model(X[:200], y[:200], X[200:], y[200:], cfg)
     hist = model.history
     assert len(hist) < 100
     assert len(hist) == model.best_epoch + cfg.patience + 1
@@ -128,7 +131,7 @@ def test_predict_proba_and_round_trips(trained, tmp_path):
     p = model.predict_proba(X[te])
     assert p.shape == (120, 8) and p.dtype == np.float32
     np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
-    loaded = T.TrainedModel.load(model.save(tmp_path / "m"))
+    loaded = M.TrainedModel.load(model.save(tmp_path / "m"))
     np.testing.assert_array_equal(loaded.predict_proba(X[te]), p)
     unpickled = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(unpickled.predict_proba(X[te]), p)
@@ -138,9 +141,9 @@ def test_predict_proba_and_round_trips(trained, tmp_path):
 
 def test_training_is_seeded():
     X, y = make_data(200, seed=3)
-    cfg = T.TrainConfig(max_epochs=5, seed=1)
-    a = T.train_model(X[:150], y[:150], X[150:], y[150:], cfg)
-    b = T.train_model(X[:150], y[:150], X[150:], y[150:], cfg)
+    cfg = M.TrainConfig(max_epochs=5, seed=1)
+    a = M.train_model(X[:150], y[:150], X[150:], y[150:], cfg)
+    b = M.train_model(X[:150], y[:150], X[150:], y[150:], cfg)
     np.testing.assert_array_equal(a.predict_proba(X[150:]), b.predict_proba(X[150:]))
 
 
@@ -151,13 +154,13 @@ def test_balanced_class_weights_lift_minority_recall():
     tr, va, te = slice(0, 700), slice(700, 900), slice(900, 1200)
     minority, balanced = {}, {}
     for cw in ("balanced", None):
-        cfg = T.TrainConfig(class_weight=cw, seed=0, patience=8)
-        m = T.evaluate(T.train_model(X[tr], y[tr], X[va], y[va], cfg), X[te], y[te])
+        cfg = M.TrainConfig(class_weight=cw, seed=0, patience=8)
+        m = M.evaluate(M.train_model(X[tr], y[tr], X[va], y[va], cfg), X[te], y[te])
         minority[cw] = np.mean([r for r in m["per_class_recall"][1:] if r is not None])
         balanced[cw] = m["balanced_accuracy"]
     assert minority["balanced"] > minority[None] + 0.1
     assert balanced["balanced"] > balanced[None]
-    w = T.class_weights(y[tr], 8)
+    w = M.class_weights(y[tr], 8)
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(y[tr])
@@ -173,7 +176,7 @@ def test_metrics_agree_with_sklearn():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 7, 300)  # class 7 never occurs
     pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 8, 300))
-    m = T.metrics_from_predictions(y, pred, 8)
+    m = M.metrics_from_predictions(y, pred, 8)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
@@ -183,18 +186,20 @@ def test_metrics_agree_with_sklearn():
 
 def test_run_training_splits_trains_and_scores_all_three():
     X, y = make_data(500, seed=8)
-    data = T.TrainingData(
+    ids = np.arange(500) * 31 + 7
+    data = DS.TrainingData(
         X,
         y,
-        np.arange(500) * 31 + 7,
+        ids,
         y * 3,
+        L.assign_splits(ids, len(ids)),
         L.DEFAULT_EDGES,
         ["m"],
         ["t"],
         0,
         ("2024-01-01", "2024-01-31"),
     )
-    res = T.run_training(data, T.TrainConfig(max_epochs=40, seed=0))
+    res = T.run_training(data, M.TrainConfig(max_epochs=40, seed=0))
     assert sum(res.split_sizes.values()) == 500 and 60 < res.split_sizes["test"] < 140
     assert set(res.metrics) == {"mlp", "majority", "logistic"}
     assert res.metrics["mlp"]["test"]["macro_f1"] > res.metrics["majority"]["test"]["macro_f1"]
@@ -250,7 +255,7 @@ def test_load_dataset_joins_latest_snapshot_with_its_features(tmp_path, monkeypa
         [post(2, 700, updated=old + timedelta(days=9)), post(5, 1, created=datetime(2024, 4, 9))],
     )  # 5: too young
     feats("2024-04-10", [2, 5], 2.0)
-    data = T.load_dataset(lake, "2024-04-01", "2024-04-10")
+    data = DS.load_dataset(lake, "2024-04-01", "2024-04-10")
     assert data.post_ids.tolist() == [1, 2]
     assert data.comment_count.tolist() == [0, 700] and data.y.tolist() == [0, 7]
     assert data.X.shape == (2, 2432) and data.X.dtype == np.float32
