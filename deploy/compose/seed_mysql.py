@@ -14,20 +14,7 @@ import sys
 
 from ml.cli import main as ml_main
 from ml.config import Settings
-from ml.source import MySQLTarget, count_posts, create_schema
-
-
-def reader_account(admin: MySQLTarget, user: str, password: str) -> None:
-    """SELECT on posts and nothing else, from any host of the compose network."""
-    conn = admin.connect()
-    try:
-        cur = conn.cursor()
-        cur.execute(f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY %s", (password,))
-        cur.execute(f"ALTER USER '{user}'@'%' IDENTIFIED BY %s", (password,))
-        cur.execute(f"GRANT SELECT ON `{admin.database}`.`posts` TO '{user}'@'%'")
-        conn.commit()
-    finally:
-        conn.close()
+from ml.source import MySQLTarget, count_posts, create_reader_account, create_schema
 
 
 def main() -> int:
@@ -43,7 +30,8 @@ def main() -> int:
     else:
         print(f"seed: posts already holds {rows} rows; no demo data generated")
     user = os.environ.get("POSTFLOW_READER_USER", "postflow_reader")
-    reader_account(admin, user, os.environ["POSTFLOW_READER_PASSWORD"])
+    # SELECT on posts and nothing else, from any host of the compose network.
+    create_reader_account(admin, user, os.environ["POSTFLOW_READER_PASSWORD"], hosts=("%",))
     print(f"seed: {rows} posts; '{user}'@'%' may SELECT {admin.database}.posts")
     return 0
 

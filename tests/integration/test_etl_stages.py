@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ml.source import RAW_SCHEMA, choose_plan, extract_window
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
 WINDOW = Window(DAY, DAY + timedelta(days=1))
 COLS = "id, author_id, caption, image_uri, hearts, comment_count, created_at, updated_at"
@@ -268,6 +270,75 @@ def test_reader_account_cannot_write(fresh_mysql_db):
     with pytest.raises(MySQLdb.OperationalError, match="command denied"):
         conn.cursor().execute("DELETE FROM posts")
     conn.close()
+
+
+def assert_select_only(reader, rows: int) -> None:
+    """`reader` (a MySQLTarget) logs in, reads posts, and may change nothing."""
+    import MySQLdb
+
+    conn = reader.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM posts")
+        assert cur.fetchone()[0] == rows
+        for sql in (
+            f"INSERT INTO posts ({COLS}) SELECT {COLS} FROM posts",
+            "UPDATE posts SET hearts = hearts + 1",
+            "DELETE FROM posts",
+            "CREATE TABLE sneaky (id INT)",
+        ):
+            with pytest.raises(MySQLdb.OperationalError, match="command denied"):
+                cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def drop_users(db, user: str, hosts: tuple[str, ...]) -> None:
+    conn = db.admin.connect()
+    try:
+        for host in hosts:
+            conn.cursor().execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("hosts", [("%",), ("127.0.0.1", "localhost")], ids=["any", "loopback"])
+def test_create_reader_account_is_select_only(fresh_mysql_db, hosts):
+    """The one reader-account SQL (demo, `make up`, compose seed, tests): a '%' host included,
+    with quotes and percent signs in the password; a second call only changes the password."""
+    from ml.source import SourceError, create_reader_account
+
+    insert(fresh_mysql_db, [row(1, DAY + timedelta(hours=1))])
+    user = f"pf_rd_{uuid.uuid4().hex[:8]}"
+    try:
+        first = create_reader_account(fresh_mysql_db.admin, user, "o'ld%s%", hosts=hosts)
+        assert_select_only(first, rows=1)
+        again = create_reader_account(fresh_mysql_db.admin, user, 'n"ew%%\\', hosts=hosts)
+        assert (again.user, again.database) == (user, fresh_mysql_db.name)
+        assert_select_only(again, rows=1)
+        with pytest.raises(SourceError, match="Access denied"):
+            first.connect(retries=0)
+    finally:
+        drop_users(fresh_mysql_db, user, hosts)
+
+
+def test_compose_seed_grants_select_from_any_host(fresh_mysql_db, monkeypatch):
+    """deploy/compose/seed_mysql.py on a table that has posts: seeds nothing, and creates the
+    reader as '<user>'@'%' (MySQLdb once refused that host in a parametrised query)."""
+    import runpy
+    from dataclasses import replace
+
+    insert(fresh_mysql_db, [row(1, DAY + timedelta(hours=1))])
+    user, password = f"pf_rd_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    monkeypatch.setenv("POSTFLOW_MYSQL_URI", fresh_mysql_db.admin.uri())
+    monkeypatch.setenv("POSTFLOW_READER_USER", user)
+    monkeypatch.setenv("POSTFLOW_READER_PASSWORD", password)
+    seed = runpy.run_path(str(REPO / "deploy" / "compose" / "seed_mysql.py"), run_name="seed")
+    try:
+        assert seed["main"]() == 0
+        assert_select_only(replace(fresh_mysql_db.admin, user=user, password=password), rows=1)
+    finally:
+        drop_users(fresh_mysql_db, user, ("%",))
 
 
 def test_lake_and_images_on_s3(tmp_path, fresh_mysql_db, s3_server):
