@@ -87,7 +87,7 @@ def predecode(image_root: Path, uris: list[str], workers: int):
     """uint8 (N, 3, 224, 224) tensor of the photos, decoded as the CPU path decodes them."""
     import torch
 
-    from ml.features import pillow_pixels
+    from ml.encoders import pillow_pixels
     from ml.images import ImageStore
 
     store = ImageStore(str(image_root))
@@ -127,15 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from ml.config import Settings
-    from ml.features import (
-        EmbedOptions,
-        ImageEncoder,
-        RandomWeightsWarning,
-        TextEncoder,
-        _worker_context,
-        embed_partition,
-        resolve_device,
-    )
+    from ml.embed import EmbedOptions, embed_partition, worker_context
+    from ml.encoders import ImageEncoder, RandomWeightsWarning, TextEncoder, resolve_device
     from ml.images import ImageStore
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -205,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"model-only ceiling (both encoders): {ceiling:9.1f} posts/s  ({ceiling_s:.1f}s)")
 
         store = functools.partial(ImageStore, str(root / "images"))
-        print(f"DataLoader workers start with: {_worker_context()}")
+        print(f"DataLoader workers start with: {worker_context()}")
         opts = EmbedOptions(batch_size=batch, workers=workers, decode=args.decode)
         t = time.perf_counter()
         first = embed_partition(lake, ds, store, image_encoder, text_encoder, opts)

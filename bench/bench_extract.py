@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 from ml.config import Settings
 from ml.etl import Window, extract
-from ml.source import POSTS_COLUMNS, MySQLTarget, create_schema
+from ml.schema import POSTS_COLUMNS
+from ml.source import MySQLTarget, create_schema
 
 
 def populate(admin: MySQLTarget, rows: int, days_before: int = 0) -> int:

@@ -143,7 +143,7 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _worker_context() -> str:
+def worker_context() -> str:
     """fork is cheap but copies locks held by other threads (Airflow's, boto3's) into the child,
     where they never unlock: spawn whenever this process already runs threads."""
     import threading
@@ -237,7 +237,7 @@ def embed_partition(
         worker_init_fn=_worker_init if opts.workers else None,
         prefetch_factor=4 if opts.workers else None,
         pin_memory=False,  # items are dataclasses; device copies happen per batch
-        multiprocessing_context=_worker_context() if opts.workers else None,
+        multiprocessing_context=worker_context() if opts.workers else None,
     )
     progress = Progress(label, len(ids), opts.progress_every_s, unit="posts")
     skipped: list[dict[str, Any]] = []

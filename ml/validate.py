@@ -9,23 +9,20 @@ the chunk as a whole. GX runs in-process on an ephemeral context that is built o
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from ml.config import Settings
+from ml.expectations import load_suite
 from ml.reasons import PRECEDENCE, Reason
 from ml.source import naive_utc
 
@@ -34,9 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPECTATIONS_DIR_ENV = "POSTFLOW_EXPECTATIONS_DIR"
-SUITE_FILE = "posts_raw.json"
-SEVERITIES = ("error", "warn")
+# GX's context and validation objects are not meant for concurrent runs: one at a time.
+_LOCK = threading.RLock()
+
 # Kept in result_json per failed expectation; the quarantine itself holds every bad row.
 RESULT_INDEX_CAP = 1000
 RESULT_VALUES_CAP = 20
@@ -55,10 +52,6 @@ COUNT_COLUMNS = ("hearts", "comment_count")
 _NS = np.dtype("datetime64[ns]")
 _MIN_US = pd.Timestamp.min.ceil("us").as_unit("us")
 _MAX_US = pd.Timestamp.max.floor("us").as_unit("us")
-
-
-class SuiteError(ValueError):
-    """The expectation suite file is missing or malformed; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -114,90 +107,6 @@ class ValidationOutcome:
         bad["reason"] = self.row_reasons["reason"].to_numpy()
         bad["message"] = self.row_reasons["message"].to_numpy()
         return df.iloc[np.flatnonzero(self.passed_mask)], bad
-
-
-# --------------------------------------------------------------------------- suite
-
-
-def expectations_dir() -> Path:
-    """`POSTFLOW_EXPECTATIONS_DIR`, else the repo's `expectations/` next to the `ml` package."""
-    env = os.environ.get(EXPECTATIONS_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "expectations"
-
-
-def load_suite(path: Path | None = None) -> ExpectationSuite:
-    """The posts_raw suite from JSON, checked so a typo fails loudly instead of silently.
-
-    GX's `ExpectationSuite(**json)` logs and *drops* an expectation it cannot build; a dropped
-    row-level check would let bad rows through, so the count is compared here. Cached per path
-    and modification time.
-    """
-    path = Path(path) if path is not None else expectations_dir() / SUITE_FILE
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise SuiteError(
-            f"expectation suite {path} does not exist (set {EXPECTATIONS_DIR_ENV} to the folder "
-            f"holding {SUITE_FILE})"
-        ) from None
-    return _load_suite_cached(str(path.resolve()), stat.st_mtime_ns)
-
-
-_SUITES: dict[tuple[str, int], Any] = {}
-_LOCK = threading.RLock()
-
-
-def _load_suite_cached(path: str, mtime_ns: int) -> ExpectationSuite:
-    with _LOCK:
-        key = (path, mtime_ns)
-        if key not in _SUITES:
-            _SUITES[key] = _read_suite(Path(path))
-        return _SUITES[key]
-
-
-def _read_suite(path: Path) -> ExpectationSuite:
-    import great_expectations as gx
-
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SuiteError(f"{path} is not valid JSON: {exc}") from exc
-    raw = data.get("expectations") or []
-    for i, exp in enumerate(raw):
-        _check_meta(path, i, exp)
-    suite = gx.ExpectationSuite(**data)
-    if len(suite.expectations) != len(raw):
-        dropped = Counter(e.get("type") for e in raw) - Counter(
-            e.expectation_type for e in suite.expectations
-        )
-        raise SuiteError(
-            f"{path}: GX built {len(suite.expectations)} of {len(raw)} expectations; dropped "
-            f"{sorted(map(str, dropped.elements()))} (GX logged why)"
-        )
-    log.info("expectation suite %s: %d expectations", path, len(suite.expectations))
-    return suite
-
-
-def _check_meta(path: Path, i: int, exp: dict[str, Any]) -> None:
-    meta = exp.get("meta") or {}
-    where = f"{path}: expectation #{i} ({exp.get('type')})"
-    if ("reason" in meta) == ("severity" in meta):
-        raise SuiteError(f"{where}: meta needs exactly one of 'reason' or 'severity', got {meta}")
-    if "reason" in meta and meta["reason"] not in {r.value for r in Reason}:
-        raise SuiteError(f"{where}: meta.reason {meta['reason']!r} is not an ml.reasons.Reason")
-    if "severity" in meta and meta["severity"] not in SEVERITIES:
-        raise SuiteError(f"{where}: meta.severity must be one of {SEVERITIES}")
-
-
-def row_level_reasons(suite: ExpectationSuite) -> list[tuple[str, Reason]]:
-    """(expectation type, reason) of every row-level expectation, in suite order."""
-    return [
-        (e.expectation_type, Reason(e.meta["reason"]))
-        for e in suite.expectations
-        if "reason" in (e.meta or {})
-    ]
 
 
 # --------------------------------------------------------------------------- GX engine

@@ -18,7 +18,8 @@ from PIL import Image
 from ml.config import ConfigError, Settings
 from ml.etl import ReconciliationError, Window, clean, extract, reconcile, run_etl
 from ml.lake import Lake
-from ml.source import RAW_SCHEMA, choose_plan, extract_window
+from ml.schema import RAW_SCHEMA
+from ml.source import choose_plan, extract_window
 
 pytestmark = pytest.mark.integration
 

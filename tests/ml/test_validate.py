@@ -14,18 +14,16 @@ import pyarrow as pa
 import pytest
 
 from ml.config import Settings
-from ml.reasons import PRECEDENCE, Reason
-from ml.source import POSTS_COLUMNS, RAW_SCHEMA
-from ml.validate import (
+from ml.expectations import (
     EXPECTATIONS_DIR_ENV,
     SuiteError,
-    ValidationOutcome,
     expectations_dir,
     load_suite,
-    render_summary,
     row_level_reasons,
-    validate_posts,
 )
+from ml.reasons import PRECEDENCE, Reason
+from ml.schema import POSTS_COLUMNS, RAW_SCHEMA
+from ml.validate import ValidationOutcome, render_summary, validate_posts
 
 START = datetime(2024, 5, 1)
 END = datetime(2024, 5, 2)
