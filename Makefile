@@ -12,12 +12,12 @@ help:
 	@echo "make test   - set up and run the whole test suite (lint included)"
 	@echo "make bench  - performance figures (ratios against baselines measured in the same run)"
 	@echo "make up     - Airflow UI :8080 + MLflow UI :5000 with postflow's DAGs (demo data if posts is empty); Ctrl-C stops"
-	@echo "make lint   - ruff";  echo "make lock   - re-resolve requirements/constraints.txt"
+	@echo "make lint   - ruff";  echo "make lock   - re-resolve requirements/constraints.txt from pyproject.toml"
 
 $(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
 	./scripts/system-deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[airflow,ml,dev]'
 	@touch $@
 
 install: $(STAMP)
@@ -51,13 +51,13 @@ format: install
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Re-resolve the pins from requirements/requirements.in in a scratch venv.
+# Re-resolve the pins from pyproject.toml's dependencies and every extra, in a scratch venv.
 lock:
 	rm -rf /tmp/postflow-lock && $(PYTHON) -m venv /tmp/postflow-lock
-	/tmp/postflow-lock/bin/pip install -q -r requirements/requirements.in
+	/tmp/postflow-lock/bin/pip install -q '.[airflow,ml,dev,mlflow-server]'
 	{ echo "# Resolved versions of every package postflow installs (Python 3.11, Linux x86_64)."; \
-	  echo "# Regenerate with 'make lock' after changing requirements/requirements.in."; \
-	  /tmp/postflow-lock/bin/pip freeze; } > requirements/constraints.txt
+	  echo "# Regenerate with 'make lock' after changing the dependencies in pyproject.toml."; \
+	  /tmp/postflow-lock/bin/pip freeze --exclude postflow; } > requirements/constraints.txt
 
 clean:
 	rm -rf .postflow .pytest_cache .ruff_cache

