@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.dataset import load_dataset
+from ml.dataset import TrainingData, load_dataset
 from ml.labels import DEFAULT_EDGES
 from ml.model import metrics_from_predictions
 from ml.registry import CHAMPION, RegistryError, alias_version, connect, load_version
@@ -243,10 +243,11 @@ def promote_on(
     return decision
 
 
-def heldout_split(lake: Any, start: str, end: str, edges: Sequence[int], label_age_days: int):
-    """(X, y) of the test split of the window: the rows `run_training` held out for test."""
-    data = load_dataset(lake, start, end, edges, label_age_days, splits=("test",))
-    return data.X, data.y
+def heldout_split(
+    lake: Any, start: str, end: str, edges: Sequence[int], label_age_days: int
+) -> TrainingData:
+    """Features and labels of the window's test split: the posts `ml.train` held out."""
+    return load_dataset(lake, start, end, edges, label_age_days, splits=("test",))
 
 
 def promote(settings: Any, lake: Any, version: int | str, start: str, end: str):
@@ -257,8 +258,8 @@ def promote(settings: Any, lake: Any, version: int | str, start: str, end: str):
     params = client.get_run(mv.run_id).data.params if mv.run_id else {}
     edges = tuple(json.loads(params["edges"])) if "edges" in params else DEFAULT_EDGES
     age = int(params.get("label_age_days", settings.label_age_days))
-    X, y = heldout_split(lake, start, end, edges, age)
-    return promote_on(settings, int(mv.version), X, y, len(edges))
+    test = heldout_split(lake, start, end, edges, age)
+    return promote_on(settings, int(mv.version), test.X, test.y, len(edges))
 
 
 # -- CLI: python -m ml promote ------------------------------------------------------------------

@@ -328,3 +328,33 @@ def test_worse_challenger_is_rejected_and_the_champion_stays(world):
     again = P.promote(s, lake, 1, START, END)  # re-running for the champion changes nothing
     assert again.promoted and "already the champion" in again.reason
     assert client.get_model_version_by_alias(s.registered_model, "champion").version == "1"
+
+
+def test_training_promotion_and_report_hold_out_the_same_test_posts(tmp_path):
+    """One split builder: the posts `run_training` tests on are the posts the promotion gate
+    scores and the weekly report evaluates the champion on, for the same window."""
+    from ml import report_data
+    from ml.labels import assign_splits
+
+    lake, X = _write_lake(tmp_path / "lake")
+    week = report_data.Week.of(END)  # 2024-W15: Monday 04-08 to Sunday 04-14
+    window = ("2024-04-01", week.last_day.isoformat())
+    settings = Settings(lake=lake.root, train_window_days=14)
+    assert report_data.training_window(settings, week) == window
+
+    result = T.run_training(
+        DS.load_dataset(lake, *window, DEFAULT_EDGES, 7), M.TrainConfig(max_epochs=1)
+    )
+    trained_on_test = result.data.post_ids[result.data.part("test")]
+    gate = P.heldout_split(lake, *window, DEFAULT_EDGES, 7)
+    split = report_data.label_split(lake, settings, week, DEFAULT_EDGES)
+    report_test, report_y, missing = report_data.test_features(lake, split)
+
+    assert len(trained_on_test) == result.split_sizes["test"] > 0
+    assert gate.post_ids.tolist() == trained_on_test.tolist()
+    assert split.ids[split.split == "test"].tolist() == trained_on_test.tolist()
+    assert missing == 0 and report_test.tolist() == gate.X.tolist()
+    assert report_y.tolist() == gate.y.tolist()
+    # and it is the rule of ml.labels, applied to every labelled post with features
+    ids = np.arange(1, N_POSTS + 1) * 7 + 3
+    assert trained_on_test.tolist() == ids[assign_splits(ids, len(ids)) == "test"].tolist()
