@@ -29,10 +29,10 @@ $(TEST_STAMP): $(STAMP) scripts/system-deps.sh
 	@touch $@
 
 demo: install
-	$(BIN)/python -m postflow_airflow.demo $(DEMO_ARGS)
+	$(BIN)/python -m tools.demo $(DEMO_ARGS)
 
 up: install
-	$(BIN)/python -m postflow_airflow.up $(UP_ARGS)
+	$(BIN)/python -m tools.up $(UP_ARGS)
 
 test: install $(TEST_STAMP)
 	$(BIN)/ruff check .

@@ -7,9 +7,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tools.airflow_env import airflow_env
 
 
 def _seconds(duration: str) -> float:
@@ -19,14 +18,7 @@ def _seconds(duration: str) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     home = tempfile.mkdtemp(prefix="pf-bench-airflow-")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": home,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-    }
+    env = {**os.environ, **airflow_env(home)}
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     best: dict[str, float] = {}

@@ -19,20 +19,17 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tools.airflow_env import airflow_env
+
 VENV_BIN = Path(sys.executable).parent
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="postflow-airflow-"))
 os.environ.update(
-    {
-        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-    }
+    airflow_env(
+        _AIRFLOW_HOME,
+        logging_level="WARNING",
+        extra={"AIRFLOW__CORE__UNIT_TEST_MODE": "False"},
+    )
 )
 # Tests never read a developer's postflow.toml or POSTFLOW_* environment by accident.
 # (POSTFLOW_TEST_* name the test servers themselves and stay.)
@@ -92,10 +89,12 @@ def _admin_connect(database: str | None = None):
 
 
 class MySQLDatabase:
-    """A fresh database plus a SELECT-only account on its posts table."""
+    """A fresh database plus a SELECT-only account on its posts table (on the loopback hosts)."""
+
+    READER_HOSTS = ("127.0.0.1", "localhost")
 
     def __init__(self) -> None:
-        from ml.source import MySQLTarget, create_schema
+        from ml.source import MySQLTarget, create_reader_account, create_schema
 
         self.name = f"pf_test_{uuid.uuid4().hex[:10]}"
         self.admin = MySQLTarget(
@@ -103,18 +102,8 @@ class MySQLDatabase:
         )
         create_schema(self.admin)
         self.reader_user = f"pf_ro_{uuid.uuid4().hex[:8]}"
-        reader_password = uuid.uuid4().hex
-        conn = _admin_connect()
-        cur = conn.cursor()
-        for host in ("127.0.0.1", "localhost"):
-            cur.execute(
-                f"CREATE USER '{self.reader_user}'@'{host}' IDENTIFIED BY %s", (reader_password,)
-            )
-            cur.execute(f"GRANT SELECT ON `{self.name}`.`posts` TO '{self.reader_user}'@'{host}'")
-        conn.commit()
-        conn.close()
-        self.reader = MySQLTarget(
-            MYSQL_HOST, MYSQL_PORT, self.reader_user, reader_password, self.name
+        self.reader = create_reader_account(
+            self.admin, self.reader_user, uuid.uuid4().hex, hosts=self.READER_HOSTS
         )
 
     def execute(self, sql: str, params=None, many: bool = False) -> None:
@@ -128,7 +117,7 @@ class MySQLDatabase:
         conn = _admin_connect()
         cur = conn.cursor()
         cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
-        for host in ("127.0.0.1", "localhost"):
+        for host in self.READER_HOSTS:
             cur.execute(f"DROP USER IF EXISTS '{self.reader_user}'@'{host}'")
         conn.commit()
         conn.close()

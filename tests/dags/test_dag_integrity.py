@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.airflow_env import offline_parse_env
+
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 ALLOWED_TAGS = {"postflow", "etl", "ml", "report"}
@@ -69,15 +71,7 @@ import json, runpy, sys
 runpy.run_path({str(path)!r})
 print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
 """
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "AIRFLOW_HOME": "/nonexistent-postflow",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        # A metadata DB that cannot be opened: a parse that touches it fails this test.
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:////nonexistent-postflow/no/airflow.db",
-        "AIRFLOW_CONN_POSTS_MYSQL": "mysql://nobody:x@127.0.0.1:1/none",
-        "PYTHONPATH": str(REPO / "plugins"),
-    }
+    env = offline_parse_env()  # a metadata DB that cannot be opened: touching it fails the test
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )

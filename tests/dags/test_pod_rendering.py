@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ml.config import Settings
+from tools.airflow_env import offline_parse_env
 
 DS = "2026-11-01"
 SECRET_BITS = ("s3cret-pw", "tr4cking-tok")
@@ -410,16 +411,7 @@ with DAG("parse", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone
 mods = ("torch", "pandas", "mlflow", "sklearn", "MySQLdb", "boto3", "kubernetes", "ml.etl")
 print(json.dumps(sorted(m for m in mods if m in sys.modules)))
 """
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "AIRFLOW_HOME": "/nonexistent-postflow",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:////nonexistent-postflow/no/airflow.db",
-        "AIRFLOW_CONN_POSTS_MYSQL": "mysql://nobody:x@127.0.0.1:1/none",
-        "POSTFLOW_CONFIG": "",
-        "POSTFLOW_STEP_RUNNER": runner,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "plugins"),
-    }
+    env = offline_parse_env({"POSTFLOW_CONFIG": "", "POSTFLOW_STEP_RUNNER": runner})
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )

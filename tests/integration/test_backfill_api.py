@@ -1,5 +1,5 @@
 """Backfills of `posts_etl` through Airflow's REST API, on Airflow started the way `make up`
-starts it (`postflow_airflow.up`: `airflow standalone`, LocalExecutor, SimpleAuthManager with
+starts it (`tools.up`: `airflow standalone`, LocalExecutor, SimpleAuthManager with
 authentication on), reading demo posts in MySQL through a SELECT-only account.
 
 Airflow's metadata DB is a fresh PostgreSQL database (`pf_airflow_<random>`, dropped at the
@@ -31,11 +31,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from postflow_airflow import up
 
 from ml.config import Settings
 from ml.lake import Lake
 from tests.conftest import MySQLDatabase, free_port, stop
+from tools import up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -28,24 +28,18 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-STATE = Path(os.environ.get("POSTFLOW_STATE_DIR", REPO / ".postflow")).resolve()
+from tools.airflow_env import REPO, STATE, airflow_env, pipeline_env
+
+READER_USER = "postflow_reader"
 
 
 def _airflow_env() -> None:
-    """Point Airflow at an isolated home before it is first imported."""
+    """Point Airflow at an isolated home before it is first imported (values already set win)."""
     home = STATE / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     defaults = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "POSTFLOW_LAKE": str(STATE / "lake"),
-        "POSTFLOW_IMAGE_ROOT": str(STATE / "images"),
-        "POSTFLOW_MLFLOW_URI": f"sqlite:///{STATE}/mlflow.db",
+        **airflow_env(home, logging_level="WARNING"),
+        **pipeline_env(STATE),
         "POSTFLOW_IMAGE_WEIGHTS": "none",
         "POSTFLOW_LABEL_AGE_DAYS": "0",
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -54,24 +48,13 @@ def _airflow_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def _reader_account(admin) -> object:
-    """A SELECT-only account on posts (what the pipeline needs, nothing more)."""
-    from ml.source import MySQLTarget
+def reader_account(admin):
+    """The local stack's SELECT-only account on posts (what the pipeline needs, nothing more):
+    `postflow_reader` on the loopback hosts, with a fresh random password each time.
+    Returns its MySQLTarget."""
+    from ml.source import create_reader_account
 
-    user, password = "postflow_reader", secrets.token_urlsafe(18)
-    conn = admin.connect()
-    try:
-        cur = conn.cursor()
-        for host in ("127.0.0.1", "localhost"):
-            cur.execute(
-                f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY %s", (password,)
-            )
-            cur.execute(f"ALTER USER '{user}'@'{host}' IDENTIFIED BY %s", (password,))
-            cur.execute(f"GRANT SELECT ON `{admin.database}`.`posts` TO '{user}'@'{host}'")
-        conn.commit()
-    finally:
-        conn.close()
-    return MySQLTarget(admin.host, admin.port, user, password, admin.database)
+    return create_reader_account(admin, READER_USER, secrets.token_urlsafe(18))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"postflow demo: MySQL {admin.describe()}, state in {STATE}")
     try:
         create_schema(admin)
-        reader = _reader_account(admin)
+        reader = reader_account(admin)
     except SourceError as exc:
         print(
             f"\npostflow demo: MySQL is not reachable: {exc}\n"

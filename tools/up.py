@@ -1,6 +1,6 @@
 """`make up`: Airflow with postflow's DAGs and an MLflow UI on this machine, until Ctrl-C.
 
-- Seeds demo posts into MySQL when the `posts` table is empty (`demo.py`'s data and its
+- Seeds demo posts into MySQL when the `posts` table is empty (the demo's data and its
   SELECT-only account, whose fresh password reaches Airflow only as `AIRFLOW_CONN_POSTS_MYSQL`).
 - Runs `airflow standalone` (scheduler, DAG processor, triggerer, API server; LocalExecutor)
   with AIRFLOW_HOME under `.postflow/airflow`, the repo's `dags/` and `plugins/`, no example
@@ -39,15 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-REPO = Path(__file__).resolve().parents[2]
-STATE = Path(os.environ.get("POSTFLOW_STATE_DIR", REPO / ".postflow")).resolve()
+from tools.airflow_env import METADATA_DB_ENV, REPO, STATE, airflow_env, pipeline_env
+
 VENV_BIN = Path(sys.executable).parent
 # username -> SimpleAuthManager role (viewer, user, op, admin)
 USERS: dict[str, str] = {"admin": "admin", "viewer": "viewer"}
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
-METADATA_DB_ENV = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
 ASYNC_DB_ENV = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"
 # Airflow also opens an async engine on its metadata DB, with a driver it picks from the URL's
 # scheme (airflow.settings._get_async_conn_uri_from_sync); only a few async endpoints use it.
@@ -106,29 +105,28 @@ def airflow_environment(
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     env.update(
-        {
-            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # standalone runs `airflow`
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            METADATA_DB_ENV: metadata_db or sqlite_url(home),
-            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
-                f"{u}:{r}" for u, r in users.items()
-            ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(creds.passwords_file),
-            "AIRFLOW__API_AUTH__JWT_SECRET": creds.jwt_secret,
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": base,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        }
+        airflow_env(
+            home,
+            metadata_db=metadata_db,
+            logging_level="INFO",
+            extra={
+                "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # standalone runs `airflow`
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+                "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+                    f"{u}:{r}" for u, r in users.items()
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(creds.passwords_file),
+                "AIRFLOW__API_AUTH__JWT_SECRET": creds.jwt_secret,
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(port),
+                "AIRFLOW__API__BASE_URL": base,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+            },
+        )
     )
     env.update(extra or {})
     if ASYNC_DB_ENV not in env and missing_async_driver(env[METADATA_DB_ENV]):
@@ -136,10 +134,6 @@ def airflow_environment(
         # paths (a DAG run's `/wait` endpoint, the state store's async calls) then fail.
         env[ASYNC_DB_ENV] = ""
     return env
-
-
-def sqlite_url(home: Path) -> str:
-    return f"sqlite:///{home}/airflow.db"
 
 
 def is_sqlite(url: str) -> bool:
@@ -286,17 +280,6 @@ def api(
         return status, raw.decode(errors="replace")
 
 
-def pipeline_environment(state: Path) -> dict[str, str]:
-    """POSTFLOW_* defaults for a local stack (absolute paths: tasks, seeding and the MLflow UI
-    all see the same lake, photos and MLflow store). Values already set win."""
-    defaults = {
-        "POSTFLOW_LAKE": str(state / "lake"),
-        "POSTFLOW_IMAGE_ROOT": str(state / "images"),
-        "POSTFLOW_MLFLOW_URI": f"sqlite:///{state / 'mlflow.db'}",
-    }
-    return {k: os.environ.get(k, v) for k, v in defaults.items()}
-
-
 def seed_if_empty(settings, posts: int, days: int):
     """Demo posts when `posts` is empty or missing; then a fresh SELECT-only account.
     Returns (reader MySQLTarget, rows in posts, seeded?)."""
@@ -304,7 +287,7 @@ def seed_if_empty(settings, posts: int, days: int):
 
     from ml.demo_data import generate
     from ml.source import MySQLTarget, count_posts, create_schema
-    from postflow_airflow.demo import _reader_account
+    from tools.demo import reader_account
 
     admin = MySQLTarget.parse(settings.mysql_uri)
     create_schema(admin)
@@ -315,7 +298,7 @@ def seed_if_empty(settings, posts: int, days: int):
         print(f"posts is empty: generating {posts} demo posts over the {days} days before {end}")
         generate(settings, posts=posts, days=days, end=end, replace=True)
         rows = count_posts(admin)
-    return _reader_account(admin), rows, seeded
+    return reader_account(admin), rows, seeded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"make up: 127.0.0.1:{port} is in use (stop what listens there, or pass "
                   f"UP_ARGS='--port N --mlflow-port M')", file=sys.stderr)  # fmt: skip
             return 2
-    os.environ.update(pipeline_environment(STATE))
+    for key, value in pipeline_env(STATE).items():  # values already set win
+        os.environ.setdefault(key, value)
 
     from ml.config import Settings
     from ml.source import SourceError
