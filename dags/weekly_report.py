@@ -46,7 +46,8 @@ def weekly_report():
     def build_report(**context) -> dict:
         """Gather, draw, render and archive the week's report; returns references only."""
         from ml.config import Settings
-        from ml.report import Week, build_report
+        from ml.report import build_report
+        from ml.weeks import Week
 
         return build_report(Settings.load(), Week.of(context["data_interval_start"]))
 

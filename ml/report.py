@@ -40,7 +40,7 @@ from typing import Any
 
 from ml.labels import bin_names
 from ml.report_charts import Chart
-from ml.report_data import Week
+from ml.weeks import Week
 
 log = logging.getLogger(__name__)
 

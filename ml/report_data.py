@@ -1,117 +1,49 @@
 """The numbers of the weekly report, gathered from the lake and MLflow into one JSON-able dict.
 
-Everything here is read-only and keyed by an ISO week (`2026-W47`: Monday 2026-11-16 to Sunday
-2026-11-22, UTC), never by "now", so a backfilled week reports on that week. Each section copes
-with missing inputs (an empty week, no model, no test data) by saying so in `notes`, not by
-raising; only an unreachable lake or MLflow raises, so that the task retries.
+Apart from the drawing, rendering, archiving and mailing (`ml.report*`), so that every number the
+report shows is computed, and can be tested, here in one place. Everything is read-only and keyed
+by an ISO week (`ml.weeks.Week`), never by "now", so a backfilled week reports on that week. Each
+section copes with missing inputs (an empty week, no model, no test data) by saying so in
+`notes`, not by raising; only an unreachable lake or MLflow raises, so that the task retries.
 
 Sections (keys of the dict `collect` returns):
 - `quality`: per day of the week, posts ingested, clean and quarantined by reason (manifests).
 - `labels`: label histogram of the train/val/test splits of the current training window (the
-  `train_window_days` ending on the week's last day; labelled posts only; split by post-id hash
-  with `n` = labelled posts, as `ml.train` does with `n` = posts with features).
+  `train_window_days` ending on the week's last day), split by `ml.dataset.build_split`, the one
+  split builder training and promotion use too (with every labelled post when the window has no
+  features at all).
 - `history`: every registered model version whose training window ended in the last
   `report_weeks` weeks, with its test metrics and those of the two baselines of the same run.
 - `champion`: the champion at the end of the week (see `pick_champion`) and what it trained on.
 - `evaluation`: the champion's confusion matrix and per-class recall on the current test split,
   evaluated live on the lake's features, else (said so) the test metrics logged at training.
-- `drift`: this week's matured labels and this week's embeddings against the champion's
-  training window: population stability index (PSI) per bin, flagged above the threshold.
+- `drift`: this week against the champion's training window (`ml.drift.drift_section`).
 - `decisions`: promotion decisions on the versions trained on this week's data.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ml.dataset import WindowSplit, build_split, split_features
-from ml.features import sample_features
-from ml.labels import DEFAULT_EDGES, bin_labels, bin_names, histogram, load_labels
+from ml.dataset import SPLITS, WindowSplit, build_split, split_features
+from ml.drift import DRIFT_SAMPLE_ROWS, drift_section
+from ml.labels import DEFAULT_EDGES
 from ml.lake import code_version
 from ml.model import metrics_from_predictions
-from ml.registry import connect
+from ml.registry import CHAMPION, FINAL_METRICS, MODELS, connect, load_version
+from ml.weeks import Week
 
 log = logging.getLogger(__name__)
-
-MODELS = ("mlp", "majority", "logistic")
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-DRIFT_SAMPLE_ROWS = 10_000  # embeddings read per window for the drift statistics
-DRIFT_BINS = 10
-PSI_EPS = 1e-4
-
-
-# -- weeks --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class Week:
-    """An ISO week, Monday to Sunday in UTC."""
-
-    year: int
-    week: int
-
-    @classmethod
-    def parse(cls, text: str) -> Week:
-        m = re.fullmatch(r"(\d{4})-?W(\d{1,2})", text.strip())
-        if not m:
-            raise ValueError(f"not an ISO week {text!r}: use YYYY-Www, e.g. 2026-W47")
-        out = cls(int(m.group(1)), int(m.group(2)))
-        date.fromisocalendar(out.year, out.week, 1)  # raises for W53 of a 52-week year
-        return out
-
-    @classmethod
-    def of(cls, day: date | datetime | str) -> Week:
-        """The week containing a day (a datetime is taken in UTC)."""
-        if isinstance(day, str):
-            day = date.fromisoformat(day[:10])
-        if isinstance(day, datetime):
-            day = (day.astimezone(UTC) if day.tzinfo else day).date()
-        y, w, _ = day.isocalendar()
-        return cls(y, w)
-
-    @classmethod
-    def last_complete(cls, now: datetime | None = None) -> Week:
-        now = now or datetime.now(UTC)
-        return cls.of(now - timedelta(days=7))
-
-    @property
-    def label(self) -> str:
-        return f"{self.year}-W{self.week:02d}"
-
-    @property
-    def start(self) -> date:
-        return date.fromisocalendar(self.year, self.week, 1)
-
-    @property
-    def end(self) -> date:
-        """The Monday after (exclusive)."""
-        return self.start + timedelta(days=7)
-
-    @property
-    def last_day(self) -> date:
-        return self.start + timedelta(days=6)
-
-    @property
-    def days(self) -> list[str]:
-        return [(self.start + timedelta(days=i)).isoformat() for i in range(7)]
-
-    def shift(self, weeks: int) -> Week:
-        return Week.of(self.start + timedelta(weeks=weeks))
-
-    def __str__(self) -> str:
-        return self.label
-
 
 # -- small helpers ------------------------------------------------------------------------------
 
@@ -122,30 +54,6 @@ def _finite(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def psi(reference: Sequence[float], current: Sequence[float]) -> tuple[float, list[float]]:
-    """Population stability index of two histograms (counts or shares over the same bins):
-    sum over bins of (q - p) * ln(q / p), shares floored at 1e-4. Returns (total, per bin)."""
-    p = np.asarray(reference, np.float64)
-    q = np.asarray(current, np.float64)
-    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
-        raise ValueError("psi needs two non-empty histograms over the same bins")
-    p = np.maximum(p / p.sum(), PSI_EPS)
-    q = np.maximum(q / q.sum(), PSI_EPS)
-    per_bin = (q - p) * np.log(q / p)
-    return float(per_bin.sum()), [float(v) for v in per_bin]
-
-
-def quantile_bins(reference: np.ndarray, n_bins: int = DRIFT_BINS) -> np.ndarray:
-    """Inner edges of `n_bins` equal-mass bins of the reference (duplicates dropped)."""
-    qs = np.quantile(reference, np.linspace(0, 1, n_bins + 1)[1:-1])
-    return np.unique(qs)
-
-
-def binned(values: np.ndarray, inner_edges: np.ndarray) -> list[int]:
-    idx = np.searchsorted(inner_edges, values, side="right")
-    return np.bincount(idx, minlength=len(inner_edges) + 1).tolist()
 
 
 def window_of_tag(tag: str | None) -> tuple[str, str] | None:
@@ -221,14 +129,6 @@ def data_quality(lake: Any, week: Week) -> dict[str, Any]:
 # -- labels and splits --------------------------------------------------------------------------
 
 
-def _labels(lake: Any, start: str, end: str, label_age_days: int):
-    """`ml.labels.load_labels`, or None when the window has no posts_clean partition."""
-    try:
-        return load_labels(lake, start, end, label_age_days=label_age_days)
-    except FileNotFoundError:
-        return None
-
-
 def training_window(settings: Any, week: Week) -> tuple[str, str]:
     end = week.last_day
     return (end - timedelta(days=settings.train_window_days - 1)).isoformat(), end.isoformat()
@@ -258,7 +158,7 @@ def labels_section(split: WindowSplit | None, settings: Any, week: Week, edges) 
         "with_features": bool(split and split.with_features),
         "without_features": 0 if split is None else split.missing_features,
     }
-    for name in ("train", "val", "test"):
+    for name in SPLITS:
         out[name] = split.histogram(name) if split else [0] * len(edges)
     return out
 
@@ -273,8 +173,6 @@ def _is_not_found(exc: Exception) -> bool:
 
 
 def _edges_of_tag(raw: str | None) -> list[int] | None:
-    import json
-
     try:
         edges = [int(e) for e in json.loads(raw)] if raw else None
     except (ValueError, TypeError):
@@ -311,9 +209,7 @@ def version_info(client: Any, mv: Any) -> dict[str, Any]:
         # the data date of a version: the end of its training window (else its creation day)
         "date": window[1] if window else (created or "")[:10],
         "rows": _finite(metrics.get("rows")),
-        "split_rows": {
-            s: _finite(metrics.get(f"split_{s}_rows")) for s in ("train", "val", "test")
-        },
+        "split_rows": {s: _finite(metrics.get(f"split_{s}_rows")) for s in SPLITS},
         "edges": _edges_of_tag(tags.get("postflow.edges")),
         "image_weights": tags.get("postflow.image_weights"),
         "code_version": tags.get("postflow.code_version"),
@@ -323,7 +219,9 @@ def version_info(client: Any, mv: Any) -> dict[str, Any]:
         "champion_macro_f1": _finite(vtags.get("postflow.champion_macro_f1")),
         "champion_version": vtags.get("postflow.champion_version") or None,
         "decided_at": vtags.get("postflow.decided_at"),
-        "test": {m: {k: _finite(metrics.get(f"{m}_test_{k}")) for k in METRICS} for m in MODELS},
+        "test": {
+            m: {k: _finite(metrics.get(f"{m}_test_{k}")) for k in FINAL_METRICS} for m in MODELS
+        },
         "test_recall": [
             _finite(metrics[k])
             for k in sorted(
@@ -342,7 +240,7 @@ def registry_versions(client: Any, name: str) -> tuple[list[dict[str, Any]], str
         if _is_not_found(exc):
             return [], None
         raise
-    alias = (getattr(rm, "aliases", None) or {}).get("champion")
+    alias = (getattr(rm, "aliases", None) or {}).get(CHAMPION)
     mvs = client.search_model_versions(f"name = '{name}'")
     infos = [version_info(client, mv) for mv in mvs]
     infos.sort(key=lambda v: int(v["version"]))
@@ -425,8 +323,6 @@ def decisions_section(versions: list[dict[str, Any]], week: Week) -> list[dict[s
 
 
 def run_artifact_json(client: Any, run_id: str, name: str) -> Any | None:
-    import json
-
     with tempfile.TemporaryDirectory(prefix="postflow-report-") as tmp:
         try:
             path = client.download_artifacts(run_id, name, tmp)
@@ -446,11 +342,9 @@ def test_features(lake: Any, split: WindowSplit) -> tuple[np.ndarray, np.ndarray
 
 
 def load_version_model(settings: Any, version: str):
-    """The pyfunc model of a registered version (`models:/<name>/<version>`)."""
-    import mlflow.pyfunc
-
+    """The pyfunc model of a registered version of settings.registered_model."""
     connect(settings)  # process-wide tracking/registry URIs and the S3 endpoint for artifacts
-    return mlflow.pyfunc.load_model(f"models:/{settings.registered_model}/{version}")
+    return load_version(settings.registered_model, version)
 
 
 def evaluation_section(
@@ -521,130 +415,6 @@ def evaluation_section(
     if live_error:
         notes.append(f"The champion could not be evaluated: {live_error}.")
     return None, notes
-
-
-# -- drift --------------------------------------------------------------------------------------
-
-
-def _top_component(X: np.ndarray, iters: int = 30, seed: int = 0) -> np.ndarray:
-    """First principal direction of X (rows centred by the caller), by power iteration."""
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal(X.shape[1]).astype(np.float64)
-    v /= np.linalg.norm(v)
-    for _ in range(iters):
-        w = X.T @ (X @ v)
-        n = np.linalg.norm(w)
-        if n == 0:
-            break
-        v = w / n
-    return v
-
-
-def embedding_drift(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
-    """PSI of the vector norm and of the projection on the reference's first principal
-    direction (deciles of the reference), and the cosine between the two mean vectors."""
-    ref = ref.astype(np.float64)
-    cur = cur.astype(np.float64)
-    out: dict[str, Any] = {"reference_n": int(len(ref)), "week_n": int(len(cur))}
-    mu = ref.mean(0)
-    pc1 = _top_component(ref - mu)
-    for name, r, c in (
-        ("norm", np.linalg.norm(ref, axis=1), np.linalg.norm(cur, axis=1)),
-        ("pc1", (ref - mu) @ pc1, (cur - mu) @ pc1),
-    ):
-        edges = quantile_bins(r)
-        total, _ = psi(binned(r, edges), binned(c, edges))
-        out[f"psi_{name}"] = total
-    mc = cur.mean(0)
-    denom = np.linalg.norm(mu) * np.linalg.norm(mc)
-    out["mean_cosine"] = float(mu @ mc / denom) if denom > 0 else None
-    out["psi"] = max(out["psi_norm"], out["psi_pc1"])
-    return out
-
-
-def week_labels(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> np.ndarray | None:
-    """Classes of the labels that matured this week: posts created in
-    [week start - label age, week end - label age), latest snapshot up to the week's end."""
-    age = timedelta(days=settings.label_age_days)
-    first = week.start - age
-    t = _labels(lake, first.isoformat(), week.last_day.isoformat(), settings.label_age_days)
-    if t is None or t.num_rows == 0:
-        return None
-    created = t["created_at"].to_numpy().astype("datetime64[us]")
-    keep = created >= np.datetime64(datetime.combine(first, datetime.min.time()), "us")
-    if not keep.any():
-        return None
-    return np.asarray(bin_labels(t["comment_count"].to_numpy()[keep], edges)).reshape(-1)
-
-
-def drift_section(
-    lake: Any,
-    settings: Any,
-    week: Week,
-    champion: dict[str, Any] | None,
-    edges: Sequence[int],
-    max_rows: int = DRIFT_SAMPLE_ROWS,
-) -> dict[str, Any]:
-    threshold = settings.drift_psi_threshold
-    if champion and champion.get("window"):
-        ref_window, ref_source = tuple(champion["window"]), f"champion v{champion['version']}"
-    else:
-        end = week.start - timedelta(days=1)
-        start = end - timedelta(days=settings.train_window_days - 1)
-        ref_window, ref_source = (start.isoformat(), end.isoformat()), "the window before the week"
-    out: dict[str, Any] = {
-        "threshold": threshold,
-        "reference_window": list(ref_window),
-        "reference_source": ref_source,
-        "labels": None,
-        "embeddings": {},
-        "flags": [],
-    }
-    ref_t = _labels(lake, *ref_window, settings.label_age_days)
-    cur_y = week_labels(lake, settings, week, edges)
-    if ref_t is not None and ref_t.num_rows and cur_y is not None and len(cur_y):
-        ref_h = histogram(bin_labels(ref_t["comment_count"].to_numpy(), edges), len(edges))
-        cur_h = histogram(cur_y, len(edges))
-        total, per_bin = psi(ref_h, cur_h)
-        out["labels"] = {
-            "reference": ref_h,
-            "week": cur_h,
-            "reference_share": [h / sum(ref_h) for h in ref_h],
-            "week_share": [h / sum(cur_h) for h in cur_h],
-            "psi_per_bin": per_bin,
-            "psi": total,
-            "drifted": total > threshold,
-        }
-        if total > threshold:
-            worst = int(np.argmax(np.abs(per_bin)))
-            then, now = out["labels"]["reference_share"][worst], out["labels"]["week_share"][worst]
-            out["flags"].append(
-                f"The labels that settled this week are distributed differently from the "
-                f"training window (PSI {total:.2f} > {threshold:.2f}); the largest change is in "
-                f"the bin of {bin_names(edges)[worst]} comments: {then:.1%} of posts then, "
-                f"{now:.1%} now."
-            )
-    ref_d = [
-        (date.fromisoformat(ref_window[0]) + timedelta(days=i)).isoformat()
-        for i in range(
-            (date.fromisoformat(ref_window[1]) - date.fromisoformat(ref_window[0])).days + 1
-        )
-    ]
-    ref_x = sample_features(lake, ref_d, max_rows)
-    cur_x = sample_features(lake, week.days, max_rows)
-    if ref_x is not None and cur_x is not None and min(len(ref_x[0]), len(cur_x[0])) >= 2:
-        for i, name in enumerate(("image", "caption")):
-            d = embedding_drift(ref_x[i], cur_x[i])
-            d["drifted"] = d["psi"] > threshold
-            out["embeddings"][name] = d
-            if d["drifted"]:
-                which = "length" if d["psi_norm"] >= d["psi_pc1"] else "main direction"
-                out["flags"].append(
-                    f"The {name} embeddings of this week's posts differ from the training "
-                    f"window (PSI {d['psi']:.2f} > {threshold:.2f}, in their {which}): the "
-                    f"{name}s look different, the model may be less accurate on them."
-                )
-    return out
 
 
 # -- everything ---------------------------------------------------------------------------------

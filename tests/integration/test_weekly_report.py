@@ -24,7 +24,7 @@ import pytest
 
 from ml.config import Settings
 from ml.lake import Lake
-from ml.report_data import Week
+from ml.weeks import Week
 
 REPO = Path(__file__).resolve().parents[2]
 WEEK = Week(2026, 47)  # Monday 2026-11-16 .. Sunday 2026-11-22

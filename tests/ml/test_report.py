@@ -17,13 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ml import drift
 from ml import report as R
 from ml import report_data as D
 from ml.config import Settings
 from ml.labels import DEFAULT_EDGES
 from ml.lake import Lake
+from ml.weeks import Week
 
-WEEK = D.Week(2026, 47)  # Monday 2026-11-16 .. Sunday 2026-11-22
+WEEK = Week(2026, 47)  # Monday 2026-11-16 .. Sunday 2026-11-22
 PRIORS = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
 NOW = datetime(2026, 11, 30, 7, tzinfo=UTC)
 
@@ -295,7 +297,7 @@ def built(tmp_path_factory):
 
 
 def test_week_arithmetic():
-    w = D.Week.parse("2026-W47")
+    w = Week.parse("2026-W47")
     assert (w.label, str(w.start), str(w.end), str(w.last_day)) == (
         "2026-W47",
         "2026-11-16",
@@ -303,25 +305,25 @@ def test_week_arithmetic():
         "2026-11-22",
     )
     assert w.days[0] == "2026-11-16" and w.days[-1] == "2026-11-22" and len(w.days) == 7
-    assert D.Week.of(datetime(2026, 11, 22, 23, 59, tzinfo=UTC)) == w
-    assert D.Week.of(datetime(2026, 11, 23, tzinfo=UTC)) == w.shift(1)
-    assert D.Week.parse("2026W05").label == "2026-W05"
-    assert D.Week.of("2027-01-01").label == "2026-W53"  # ISO years differ from calendar years
+    assert Week.of(datetime(2026, 11, 22, 23, 59, tzinfo=UTC)) == w
+    assert Week.of(datetime(2026, 11, 23, tzinfo=UTC)) == w.shift(1)
+    assert Week.parse("2026W05").label == "2026-W05"
+    assert Week.of("2027-01-01").label == "2026-W53"  # ISO years differ from calendar years
     for bad in ("2026-47", "2025-W53", "W47"):
         with pytest.raises(ValueError):
-            D.Week.parse(bad)
-    assert D.Week.last_complete(datetime(2026, 11, 23, 6, tzinfo=UTC)) == w
+            Week.parse(bad)
+    assert Week.last_complete(datetime(2026, 11, 23, 6, tzinfo=UTC)) == w
 
 
 def test_psi():
-    total, per_bin = D.psi([100, 100, 100], [100, 100, 100])
+    total, per_bin = drift.psi([100, 100, 100], [100, 100, 100])
     assert total == pytest.approx(0) and per_bin == pytest.approx([0, 0, 0])
-    total, per_bin = D.psi([50, 30, 20], [20, 30, 50])
+    total, per_bin = drift.psi([50, 30, 20], [20, 30, 50])
     assert total == pytest.approx(2 * 0.3 * np.log(2.5))
     assert per_bin[1] == pytest.approx(0) and total > 0.2
-    assert D.psi([1, 0], [0, 1])[0] > 1  # empty bins are floored, not infinite
+    assert drift.psi([1, 0], [0, 1])[0] > 1  # empty bins are floored, not infinite
     with pytest.raises(ValueError):
-        D.psi([0, 0], [1, 1])
+        drift.psi([0, 0], [1, 1])
 
 
 def test_champion_is_the_alias_now_and_the_history_for_a_backfilled_week():
@@ -329,9 +331,9 @@ def test_champion_is_the_alias_now_and_the_history_for_a_backfilled_week():
     assert [v["version"] for v in versions] == ["1", "2", "3"] and alias == "2"
     champ, how = D.pick_champion(versions, alias, WEEK)
     assert champ["version"] == "2" and "alias" in how
-    champ, how = D.pick_champion(versions, alias, D.Week(2026, 45))  # Nov 2..8
+    champ, how = D.pick_champion(versions, alias, Week(2026, 45))  # Nov 2..8
     assert champ["version"] == "1" and "promoted" in how
-    assert D.pick_champion(versions, alias, D.Week(2026, 44)) == (None, "")
+    assert D.pick_champion(versions, alias, Week(2026, 44)) == (None, "")
     assert D.registry_versions(FakeClient(None), "post-engagement") == ([], None)
 
 
@@ -482,4 +484,4 @@ def test_archive_round_trip_and_email(built):
     with pytest.raises(R.ArchiveError, match="does not match"):
         R.read_archive(lake, WEEK)
     with pytest.raises(R.ArchiveError, match="build it first"):
-        R.read_archive(lake, D.Week(2026, 1))
+        R.read_archive(lake, Week(2026, 1))
