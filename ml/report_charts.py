@@ -1,17 +1,19 @@
 """The weekly report's charts: PNG bytes drawn with matplotlib's Agg canvas from the report dict.
 
-Figures are built with `matplotlib.figure.Figure` (no pyplot, no global state), so charts can be
-drawn in any thread or task process. A chart whose data is absent is simply not drawn; the
-report's text says why.
+Apart from the numbers (`ml.report_data`) and the words (`ml.report_render`): this module only
+draws. Figures are built with `matplotlib.figure.Figure` (no pyplot, no global state), so charts
+can be drawn in any thread or task process. What the report shares with the MLflow run artifacts
+comes from `ml.charts`: the confusion matrix (colour = share of the true class, text = count) and
+the PNG encoding. A chart whose data is absent is simply not drawn; the report's text says why.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ml.charts import draw_confusion, png
 from ml.labels import bin_names
 
 DPI = 100
@@ -56,12 +58,6 @@ def _figure(height_in: float, ncols: int = 1, **kwargs):
     return fig, axes
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
-
-
 def label_histogram(labels: dict[str, Any]) -> Chart | None:
     train, test = labels["train"], labels["test"]
     if not sum(train) and not sum(test):
@@ -87,7 +83,7 @@ def label_histogram(labels: dict[str, Any]) -> Chart | None:
         f"Bar chart of posts per comment-count bin: train {sum(train)} posts, test {sum(test)} "
         "posts; the counts per bin are in the table below."
     )
-    return Chart("label_histogram", "Label histogram, train and test", alt, _png(fig))
+    return Chart("label_histogram", "Label histogram, train and test", alt, png(fig, DPI))
 
 
 def model_history(history: dict[str, Any]) -> Chart | None:
@@ -133,7 +129,9 @@ def model_history(history: dict[str, Any]) -> Chart | None:
         + (f", champion v{champ[0]['version']} starred" if champ else ", no champion among them")
         + ", with the majority-class and logistic baselines as dashed and dotted lines."
     )
-    return Chart("model_history", f"Model versions, last {history['weeks']} weeks", alt, _png(fig))
+    return Chart(
+        "model_history", f"Model versions, last {history['weeks']} weeks", alt, png(fig, DPI)
+    )
 
 
 def confusion(evaluation: dict[str, Any] | None, edges: Sequence[int]) -> Chart | None:
@@ -146,23 +144,7 @@ def confusion(evaluation: dict[str, Any] | None, edges: Sequence[int]) -> Chart 
     names = bin_names(edges)[:k] if len(edges) >= k else [str(i) for i in range(k)]
     fig, axes = _figure(3.6, ncols=2, width_ratios=[3, 2])
     ax = axes[0]
-    ax.imshow(cm, cmap="Blues")
-    vmax = cm.max() if cm.size else 0
-    for i in range(k):
-        for j in range(k):
-            ax.text(
-                j,
-                i,
-                str(cm[i, j]),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if cm[i, j] > vmax / 2 else "black",
-            )
-    ax.set_xticks(range(k), names, rotation=45, fontsize=7)
-    ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    draw_confusion(ax, cm, names, fontsize=7)  # the drawing of the MLflow run's artifact
     ax.set_title("Confusion matrix", fontsize=10)
     ax = axes[1]
     recall = [r if r is not None else 0.0 for r in evaluation["per_class_recall"]]
@@ -183,7 +165,7 @@ def confusion(evaluation: dict[str, Any] | None, edges: Sequence[int]) -> Chart 
         f"{_fmt(evaluation.get('accuracy'))}) and its recall per class; the numbers are in the "
         "tables below."
     )
-    return Chart("confusion_matrix", "Champion on the test split", alt, _png(fig))
+    return Chart("confusion_matrix", "Champion on the test split", alt, png(fig, DPI))
 
 
 def quality(quality_: dict[str, Any]) -> Chart | None:
@@ -224,7 +206,7 @@ def quality(quality_: dict[str, Any]) -> Chart | None:
         f"Stacked bars per day: {t['ingested']} posts ingested this week, {t['clean']} clean, "
         f"{t['quarantined']} quarantined; per-day numbers and reasons are in the table below."
     )
-    return Chart("data_quality", "Data quality of the week", alt, _png(fig))
+    return Chart("data_quality", "Data quality of the week", alt, png(fig, DPI))
 
 
 def drift(drift_: dict[str, Any], edges: Sequence[int]) -> Chart | None:
@@ -274,7 +256,7 @@ def drift(drift_: dict[str, Any], edges: Sequence[int]) -> Chart | None:
         + " and the PSI of the image and caption embeddings against the threshold "
         + f"{drift_['threshold']:g}."
     )
-    return Chart("drift", "Drift against the training window", alt, _png(fig))
+    return Chart("drift", "Drift against the training window", alt, png(fig, DPI))
 
 
 def _fmt(v: Any) -> str:
