@@ -12,7 +12,7 @@ help:
 	@echo "make test   - set up and run the whole test suite (lint included)"
 	@echo "make bench  - performance figures (ratios against baselines measured in the same run)"
 	@echo "make up     - Airflow UI :8080 + MLflow UI :5000 with postflow's DAGs (demo data if posts is empty); Ctrl-C stops"
-	@echo "make lint   - ruff";  echo "make lock   - re-resolve requirements/constraints.txt from pyproject.toml"
+	@echo "make lint   - ruff, and the import layers of ml/ (lint-imports)";  echo "make lock   - re-resolve requirements/constraints.txt from pyproject.toml"
 
 $(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
 	./scripts/system-deps.sh
@@ -37,13 +37,14 @@ up: install
 test: install $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install $(TEST_STAMP)
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
