@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from ml.config import Settings
     from ml.lake import Lake
-    from ml.report import SmtpParams, Week, build_report, send_report
+    from ml.report import build_report, send_report
+    from ml.report_archive import read_archive
+    from ml.report_email import SmtpParams
+    from ml.weeks import Week
     from tests.ml.test_report import write_synthetic_days
 
     week = Week.parse(WEEK)
@@ -169,11 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         base = min(_baseline(settings, lake, week, port) for _ in range(3))
     finally:
         controller.stop()
-    import json
-
-    data = json.loads(
-        lake.fs.open_input_stream(f"{lake.base}/reports/week={WEEK}/report.json").read()
-    )
+    data = read_archive(lake, week).data
     assert len(received) == 5 and len(data["history"]["versions"]) == 7 * args.weeks
     assert data["evaluation"]["source"] == "live", data["evaluation"]
     for label, b, s, total in rows:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
     from ml.config import Settings
-    from ml.report import SmtpParams
+    from ml.report_email import SmtpParams
 
 SMTP_CONN_ID = "smtp_default"
 
@@ -76,7 +76,7 @@ def smtp_params(conn_id: str = SMTP_CONN_ID) -> SmtpParams:
     else STARTTLS unless disabled."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    from ml.report import SmtpParams
+    from ml.report_email import SmtpParams
 
     hook = SmtpHook(smtp_conn_id=conn_id)
     hook.smtp_connection = hook.get_connection(conn_id)

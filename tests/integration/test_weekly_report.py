@@ -370,7 +370,8 @@ def test_weekly_report_dag_archives_emails_and_logs(world, smtp_server, s3_serve
 
 @pytest.mark.integration
 def test_mail_failure_keeps_the_archived_report(world, smtp_server, s3_server):
-    from ml.report import SmtpParams, build_report, send_report
+    from ml.report import build_report, send_report
+    from ml.report_email import SmtpParams
     from tests.conftest import free_port
 
     settings, lake = world["settings"], world["lake"]

@@ -19,7 +19,10 @@ import pytest
 
 from ml import drift
 from ml import report as R
+from ml import report_archive as A
 from ml import report_data as D
+from ml import report_email as E
+from ml import report_render as H
 from ml.config import Settings
 from ml.labels import DEFAULT_EDGES
 from ml.lake import Lake
@@ -423,7 +426,7 @@ def test_no_test_data_falls_back_to_the_logged_matrix_and_says_so(settings):
     assert any(n.startswith("No test data") for n in data["notes"])
     assert data["evaluation"]["source"] == "mlflow"
     assert "confusion_matrix" in {c["name"] for c in data["charts"]}
-    html = R.render_html(data, {}, None, "file:///x")
+    html = H.render_html(data, {}, None, "file:///x")
     assert "No test data" in html and "logged when champion v2 was trained" in html
 
 
@@ -434,9 +437,9 @@ def test_empty_week_without_champion(settings):
     text = " ".join(data["notes"])
     for expected in ("Empty week", "No model versions", "No champion", "No labelled posts"):
         assert expected in text
-    html = R.render_html(data, {}, None, "file:///x")
+    html = H.render_html(data, {}, None, "file:///x")
     assert "<img" not in html and "Empty week" in html and "There is no champion" in html
-    assert "no champion" in R.subject_of(data) and "no data" in R.subject_of(data)
+    assert "no champion" in E.subject_of(data) and "no data" in E.subject_of(data)
 
 
 # -- archive and email --------------------------------------------------------------------------
@@ -444,7 +447,7 @@ def test_empty_week_without_champion(settings):
 
 def test_archive_round_trip_and_email(built):
     settings, lake, report = built
-    uri = R.archive(lake, report)
+    uri = A.archive(lake, report)
     folder = Path(uri.removeprefix("file://"))
     assert folder.name == "week=2026-W47"
     names = {p.name for p in folder.iterdir()}
@@ -452,19 +455,19 @@ def test_archive_round_trip_and_email(built):
         f"{c.name}.png" for c in report.charts
     }
     (folder / "stale.png").write_bytes(b"old")
-    R.archive(lake, report)  # re-running a week replaces its report
+    A.archive(lake, report)  # re-running a week replaces its report
     assert not (folder / "stale.png").exists()
 
-    archived = R.read_archive(lake, WEEK)
+    archived = A.read_archive(lake, WEEK)
     assert archived.data["week"] == "2026-W47" and set(archived.images) == {
         c.name for c in report.charts
     }
     assert all(png.startswith(b"\x89PNG") for png in archived.images.values())
     assert archived.html.count('src="data:image/png;base64,') == len(report.charts)
 
-    link = R.report_link(lake, WEEK, 3600)
+    link = E.report_link(lake, WEEK, 3600)
     assert link["url"].startswith("file://") and "local lake" in link["text"]
-    msg = R.build_email(archived, settings.report_sender, ["a@example.com"], link)
+    msg = E.build_email(archived, settings.report_sender, ["a@example.com"], link)
     parsed = email.message_from_bytes(msg.as_bytes(), policy=policy.default)
     assert parsed.get_content_type() == "multipart/alternative"
     text_part, related = parsed.get_payload()
@@ -481,7 +484,7 @@ def test_archive_round_trip_and_email(built):
     assert f"{e['accuracy']:.3f}" in html
 
     (folder / "report.json").write_text("{}")
-    with pytest.raises(R.ArchiveError, match="does not match"):
-        R.read_archive(lake, WEEK)
-    with pytest.raises(R.ArchiveError, match="build it first"):
-        R.read_archive(lake, Week(2026, 1))
+    with pytest.raises(A.ArchiveError, match="does not match"):
+        A.read_archive(lake, WEEK)
+    with pytest.raises(A.ArchiveError, match="build it first"):
+        A.read_archive(lake, Week(2026, 1))
