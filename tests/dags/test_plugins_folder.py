@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.airflow_env import airflow_env
+
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "plugins"
 PACKAGE = PLUGINS / "postflow_airflow"
@@ -47,20 +49,18 @@ print(json.dumps({
 
 
 def load_plugins(tmp_path: Path, plugins_folder: Path, syntax: str = "glob") -> dict:
-    """Airflow's plugin loading in a fresh interpreter with a scrubbed environment (as in
-    test_dag_integrity): its own AIRFLOW_HOME, the given plugins folder, no examples."""
-    home = tmp_path / f"airflow-{syntax}"
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "no-dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAG_IGNORE_FILE_SYNTAX": syntax,
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-    }
+    """Airflow's plugin loading in a fresh interpreter: the repo's Airflow recipe
+    (tools.airflow_env) with its own home and the given plugins folder, and nothing else."""
+    env = airflow_env(
+        tmp_path / f"airflow-{syntax}",
+        logging_level="WARNING",
+        extra={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
+            "AIRFLOW__CORE__DAG_IGNORE_FILE_SYNTAX": syntax,
+        },
+    )
     package = plugins_folder / "postflow_airflow"
     out = subprocess.run(
         [sys.executable, "-c", PROBE, str(package)],
