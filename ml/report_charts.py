@@ -15,6 +15,7 @@ from typing import Any
 
 from ml.charts import draw_confusion, png
 from ml.labels import bin_names
+from ml.report_render import num
 
 DPI = 100
 WIDTH_IN = 6.4  # 640 px: fits a 680 px mail column
@@ -162,7 +163,7 @@ def confusion(evaluation: dict[str, Any] | None, edges: Sequence[int]) -> Chart 
     ax.spines[["top", "right"]].set_visible(False)
     alt = (
         f"Confusion matrix of the champion on {int(cm.sum())} test posts (accuracy "
-        f"{_fmt(evaluation.get('accuracy'))}) and its recall per class; the numbers are in the "
+        f"{num(evaluation.get('accuracy'))}) and its recall per class; the numbers are in the "
         "tables below."
     )
     return Chart("confusion_matrix", "Champion on the test split", alt, png(fig, DPI))
@@ -257,10 +258,6 @@ def drift(drift_: dict[str, Any], edges: Sequence[int]) -> Chart | None:
         + f"{drift_['threshold']:g}."
     )
     return Chart("drift", "Drift against the training window", alt, png(fig, DPI))
-
-
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
 
 
 def draw_all(report: dict[str, Any]) -> list[Chart]:
