@@ -92,10 +92,13 @@ _S3_TRANSIENT = {
 
 
 class ImageStore:
-    """Resolves `image_uri` values (s3://bucket/key, file:///abs/path, or relative to `root`).
+    """Resolves `image_uri` values (s3://bucket/key, file:///abs/path, or relative to `root`),
+    reads them, and writes keys under `root` (a folder or s3://bucket/prefix; the demo data).
 
     Picklable: the boto3 client is built lazily, once per process, so a worker pool can ship it.
     """
+
+    _CONTENT_TYPES = {"png": "image/png", "webp": "image/webp"}  # `put` stores the rest as JPEG
 
     def __init__(
         self,
@@ -112,6 +115,7 @@ class ImageStore:
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self._client: Any = None
+        self._made_dirs: set[str] = set()  # local folders `put` has created (or found)
         if root.startswith("s3://"):
             bucket, _, prefix = root[len("s3://") :].partition("/")
             if not _BUCKET.match(bucket):
@@ -127,6 +131,7 @@ class ImageStore:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
+        state["_made_dirs"] = set()
         return state
 
     # resolving
@@ -255,6 +260,63 @@ class ImageStore:
         raise ImageError(
             Reason.IMAGE_UNREADABLE, f"cannot read {where} after {self.attempts} attempts: {last}"
         )
+
+    # writing (the demo data): keys are paths relative to the root, as relative image_uri values
+
+    @property
+    def uri_prefix(self) -> str:
+        """The absolute URI form of the root, ending in '/': s3://bucket/prefix/ or file:///abs/
+        (symlinks resolved), so that `uri_prefix + key` names what `put(key, ...)` wrote."""
+        if self._root_bucket is not None:
+            prefix = f"{self._root_prefix}/" if self._root_prefix else ""
+            return f"s3://{self._root_bucket}/{prefix}"
+        return "file://" + os.path.realpath(self._root_prefix).rstrip("/") + "/"
+
+    def ensure_root(self) -> None:
+        """Create the root folder, or the bucket when it does not answer; errors as raised
+        (OSError, botocore's), for the caller to say what it was doing."""
+        if self._root_bucket is None:
+            os.makedirs(self._root_prefix, exist_ok=True)
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self._root_bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self._root_bucket)
+
+    check = ensure_root  # the name bench/bench_embed.py calls (the demo's store had it)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write `data` at `key` under the root (creating folders); S3 gets a content type
+        from the extension (png, webp, else JPEG)."""
+        bucket, path = self._key(key)
+        if bucket is not None:
+            ctype = self._CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "image/jpeg")
+            self.client.put_object(Bucket=bucket, Key=path, Body=data, ContentType=ctype)
+            return
+        folder = os.path.dirname(path)
+        if folder not in self._made_dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._made_dirs.add(folder)
+        with open(path, "wb") as fh:
+            fh.write(data)
+
+    def delete(self, key: str) -> None:
+        """Remove `key` under the root; nothing there is fine."""
+        bucket, path = self._key(key)
+        if bucket is not None:
+            self.client.delete_object(Bucket=bucket, Key=path)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _key(self, key: str) -> tuple[str | None, str]:
+        if _SCHEME.match(key):
+            raise ValueError(f"{key!r}: write a key relative to the image root, not a URI")
+        return self.resolve(key)
 
 
 # -- checking --------------------------------------------------------------------------------
