@@ -4,7 +4,8 @@ Why it exists: the pipeline needs data that looks like the app's (skewed counts,
 dirty captions, rows that must be quarantined) and carries a learnable engagement signal whose
 ceiling is known, so that a trained model and the quarantine can both be checked end to end.
 
-Generative model (all of it is in this file, so the Bayes-optimal accuracy is computable):
+Generative model (all of it is in this file, so the Bayes-optimal accuracy is computable;
+`ml.demo_photos` renders the photos it describes):
 each post has a latent class c in 0..7 with an imbalanced prior; c is the bin of its
 comment_count (`DEFAULT_BIN_EDGES`). Three observable, independent-given-c cues carry it:
 the photo's dominant colour (= c with probability `P_COLOUR`, else uniform), the photo's
@@ -14,12 +15,14 @@ with a class-dependent chance of 0 (about 10% overall); only hearts >= 1 posts g
 
 Output is deterministic for a seed: same rows, same image bytes (each image has its own RNG
 seeded by (seed, index), so the worker count does not matter).
+
+This module draws the rows, writes them to MySQL and is the `demo-data` step; the photos are
+rendered and written by `ml.demo_photos`.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -35,16 +38,27 @@ from typing import Any
 import numpy as np
 
 from ml.config import ConfigError, Settings, redact_uri
+from ml.demo_photos import (
+    DAMAGED_IMAGE_KINDS,
+    EXTENSIONS,
+    N_PATTERNS,
+    UNUSUAL_IMAGE_KINDS,
+    DemoDataError,
+    ensure_store,
+    image_store,
+    write_images,
+)
+from ml.images import ImageStore  # noqa: F401  (dd.ImageStore: bench/bench_embed.py)
 from ml.progress import Progress
 from ml.reasons import Reason
-from ml.source import POSTS_COLUMNS, MySQLTarget, SourceError, create_schema, with_retries
+from ml.schema import POSTS_COLUMNS
+from ml.source import MySQLTarget, SourceError, create_schema, with_retries
 
 log = logging.getLogger(__name__)
 
 # comment_count bins [0,1), [1,3), ..., [300,600), [600, inf): the label's 8 classes.
 DEFAULT_BIN_EDGES: tuple[int, ...] = (0, 1, 3, 10, 30, 100, 300, 600)
 N_CLASSES = len(DEFAULT_BIN_EDGES)
-N_PATTERNS = 4
 # Many quiet posts, few viral ones.
 CLASS_PRIOR: tuple[float, ...] = (0.30, 0.22, 0.17, 0.12, 0.09, 0.05, 0.03, 0.02)
 # How often each cue tells the truth (otherwise it is uniform noise): Bayes accuracy ~0.7.
@@ -92,14 +106,6 @@ EXPECTED_REASONS: dict[str, tuple[str, ...]] = {
 }
 EXPECTED_REASONS = {k: tuple(str(r) for r in v) for k, v in EXPECTED_REASONS.items()}
 # Valid but unusual rows: they must reach posts_clean (captions cleaned, images accepted).
-UNUSUAL_IMAGE_KINDS: tuple[str, ...] = (
-    "jpeg_cmyk",
-    "jpeg_grayscale",
-    "png_rgba",
-    "jpeg_progressive",
-    "webp",
-    "jpeg_exif_orientation_6",
-)
 UNUSUAL_CAPTION_KINDS: tuple[str, ...] = (
     "caption_tabs",
     "caption_space_runs",
@@ -108,23 +114,7 @@ UNUSUAL_CAPTION_KINDS: tuple[str, ...] = (
     "caption_non_latin",
 )
 UNUSUAL_KINDS: tuple[str, ...] = UNUSUAL_IMAGE_KINDS + UNUSUAL_CAPTION_KINDS
-_IMAGE_BAD_KINDS = ("image_corrupt", "image_truncated", "image_empty", "image_not_an_image")
-_EXT = {"png_rgba": "png", "webp": "webp"}
 
-# Dominant colours, one per class (well apart in RGB, so mean colour is a usable feature).
-PALETTE = np.array(
-    [
-        (125, 125, 130),  # grey
-        (60, 100, 190),  # blue
-        (60, 160, 90),  # green
-        (225, 200, 60),  # yellow
-        (235, 135, 40),  # orange
-        (200, 50, 50),  # red
-        (140, 70, 180),  # purple
-        (240, 110, 175),  # pink
-    ],
-    dtype=np.float32,
-)
 TOPIC_WORDS: tuple[tuple[str, ...], ...] = (
     ("laundry", "receipt", "spreadsheet", "commute", "parking", "errand", "stapler", "inbox"),
     ("coffee", "desk", "rain", "notebook", "window", "bus", "tea", "pencil"),
@@ -143,17 +133,6 @@ _EMOJI = ("🌅", "🔥", "❤️", "😂", "👍🏽", "🇯🇵", "✨", "🙌
 _NON_LATIN = ("夕焼け", "пляж", "غروب", "सूर्यास्त", "해변", "Ηλιοβασίλεμα", "קפה", "ขอบคุณ")
 _CONTROL = ("\x07", "\x1b", "\x00", "\x1f", "\x7f", "\x0b")
 _BLANK_CAPTIONS = ("   ", "\t\t", " \r\n\t ", "\x00\x07 \x1b", " \x1f\x7f\x0c ")
-_NOT_AN_IMAGE = (
-    b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
-    b"<body><h1>Not Found</h1><p>The requested photo was not found.</p></body></html>\n",
-    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-    b"<Message>Access Denied</Message></Error>\n",
-    b'{"error": "upload interrupted", "retry": true}\n',
-)
-
-
-class DemoDataError(RuntimeError):
-    """The demo data cannot be written (ids taken, image store unusable); says how to fix it."""
 
 
 # -- the generative model --------------------------------------------------------------------
@@ -341,10 +320,10 @@ def build_posts(
         pid = int(ids[i])
         kind = bad.get(i) or unusual.get(i)
         captions.append(_caption(text_rng, int(topic[i]), kind))
-        ext = _EXT.get(kind or "", "jpg")
+        ext = EXTENSIONS.get(kind or "", "jpg")
         key = f"{_to_dt(created_us[i]):%Y/%m/%d}/{pid}.{ext}"
         uri = uri_prefix + key if absolute[i] else key
-        mode = kind if kind in UNUSUAL_IMAGE_KINDS or kind in _IMAGE_BAD_KINDS else "jpeg"
+        mode = kind if kind in UNUSUAL_IMAGE_KINDS or kind in DAMAGED_IMAGE_KINDS else "jpeg"
         if kind == "image_missing":
             mode = "delete"  # make sure nothing is there (a previous run may have written it)
         elif kind == "image_uri_unsupported":
@@ -421,231 +400,6 @@ def _caption(rng: random.Random, topic: int, kind: str | None) -> str | None:
             words.insert(rng.randint(0, len(words)), rng.choice(_NON_LATIN))
         return " ".join(words)
     return " ".join(words)
-
-
-# -- images ------------------------------------------------------------------------------------
-
-
-def render_photo(rng: np.random.Generator, width: int, height: int, colour: int, pattern: int):
-    """An RGB uint8 array: a dominant palette colour modulated by one of 4 patterns, a random
-    'object' rectangle and luminance noise. Vectorised: a few ms at 256 px."""
-    base = PALETTE[colour] + rng.normal(0, 10, 3).astype(np.float32)
-    other = rng.uniform(20, 235, 3).astype(np.float32)
-    ys = np.linspace(0, 1, height, dtype=np.float32)[:, None]
-    xs = np.linspace(0, 1, width, dtype=np.float32)[None, :]
-    f = np.float32(rng.uniform(3, 10))
-    if pattern == 0:  # stripes
-        th = rng.uniform(0, np.pi)
-        m = 0.5 + 0.5 * np.sin(2 * np.pi * f * (xs * np.cos(th) + ys * np.sin(th)))
-    elif pattern == 1:  # checks
-        m = (np.floor(xs * f) + np.floor(ys * f)) % 2
-    elif pattern == 2:  # rings
-        cx, cy = rng.uniform(0.2, 0.8, 2)
-        m = 0.5 + 0.5 * np.sin(2 * np.pi * f * np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2))
-    else:  # soft blobs
-        m = np.zeros((height, width), np.float32)
-        for _ in range(3):
-            cx, cy = rng.uniform(0.1, 0.9, 2)
-            s = rng.uniform(0.08, 0.2)
-            m = m + np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / np.float32(2 * s * s))
-        m = np.minimum(m, 1)
-    m = (0.35 * m).astype(np.float32)[..., None]
-    img = base * (1 - m) + other * m
-    x0, y0 = rng.integers(0, max(1, width * 2 // 3)), rng.integers(0, max(1, height * 2 // 3))
-    w, h = (
-        max(1, int(width * rng.uniform(0.15, 0.35))),
-        max(1, int(height * rng.uniform(0.15, 0.35))),
-    )
-    img[y0 : y0 + h, x0 : x0 + w] = rng.uniform(0, 255, 3).astype(np.float32)
-    img = img + rng.integers(-12, 13, (height, width, 1)).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def encode_image(
-    mode: str, index: int, seed: int, width: int, height: int, colour: int, pattern: int
-) -> bytes:
-    """The stored bytes of one post's photo for `mode` (a format, unusual or bad image kind)."""
-    from PIL import Image
-
-    rng = np.random.default_rng([seed, index])
-    if mode == "image_not_an_image":
-        return _NOT_AN_IMAGE[index % len(_NOT_AN_IMAGE)]
-    if mode == "image_empty":
-        return b""
-    arr = render_photo(rng, width, height, colour, pattern)
-    quality = int(rng.integers(75, 93))
-    buf = io.BytesIO()
-    if mode == "jpeg_exif_orientation_6":
-        # Stored rotated 90° counter-clockwise; orientation 6 tells viewers to turn it back.
-        exif = Image.Exif()
-        exif[0x0112] = 6
-        Image.fromarray(np.ascontiguousarray(np.rot90(arr, 1))).save(
-            buf, "JPEG", quality=quality, exif=exif.tobytes()
-        )
-    elif mode == "jpeg_cmyk":
-        Image.fromarray(arr).convert("CMYK").save(buf, "JPEG", quality=quality)
-    elif mode == "jpeg_grayscale":
-        Image.fromarray(arr).convert("L").save(buf, "JPEG", quality=quality)
-    elif mode == "jpeg_progressive":
-        Image.fromarray(arr).save(buf, "JPEG", quality=quality, progressive=True)
-    elif mode == "png_rgba":
-        ys = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
-        xs = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
-        alpha = np.clip(255 * (1.4 - np.sqrt(xs**2 + ys**2)), 0, 255).astype(np.uint8)
-        Image.fromarray(np.dstack([arr, alpha]), "RGBA").save(buf, "PNG")
-    elif mode == "webp":
-        Image.fromarray(arr).save(buf, "WEBP", quality=quality)
-    else:
-        Image.fromarray(arr).save(buf, "JPEG", quality=quality)
-    data = buf.getvalue()
-    if mode == "image_truncated":
-        return data[: len(data) // 2]
-    if mode == "image_corrupt":
-        # A stray SOI marker plus random bytes in the middle of the scan: libjpeg (Pillow,
-        # torchvision) stops with a fatal error instead of decoding a smeared picture.
-        sos = data.find(b"\xff\xda")
-        mid = (sos + len(data) - 2) // 2
-        junk = b"\xff\xd8" + rng.integers(0, 256, 94, dtype=np.uint8).tobytes()
-        return data[:mid] + junk + data[mid + len(junk) :]
-    return data
-
-
-class ImageStore:
-    """Writes keys under a local folder or an S3 prefix (boto3, `s3_endpoint` as endpoint)."""
-
-    def __init__(self, root: str, s3_endpoint: str | None = None, region: str = "us-east-1"):
-        self.root, self.endpoint, self.region = root, s3_endpoint, region
-        self.is_s3 = root.startswith("s3://")
-        self._client = None
-        self._dirs: set[Path] = set()
-        if self.is_s3:
-            bucket, _, prefix = root[len("s3://") :].partition("/")
-            self.bucket, self.prefix = bucket, prefix.strip("/")
-            self.local = None
-        else:
-            if "://" in root and not root.startswith("file://"):
-                raise DemoDataError(
-                    f"unsupported image root {root!r}: use a folder or s3://bucket/prefix"
-                )
-            self.local = Path(root.removeprefix("file://")).expanduser().resolve()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_dirs": set()}
-
-    @property
-    def uri_prefix(self) -> str:
-        """The absolute URI form of the root, ending in '/'."""
-        if self.is_s3:
-            return f"s3://{self.bucket}/" + (self.prefix + "/" if self.prefix else "")
-        return "file://" + self.local.as_posix().rstrip("/") + "/"
-
-    def client(self):
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region)
-        return self._client
-
-    def _s3_key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def check(self) -> None:
-        """Create the folder or bucket if needed; fail early with a clear message."""
-        try:
-            if self.is_s3:
-                from botocore.exceptions import ClientError
-
-                try:
-                    self.client().head_bucket(Bucket=self.bucket)
-                except ClientError:
-                    self.client().create_bucket(Bucket=self.bucket)
-            else:
-                self.local.mkdir(parents=True, exist_ok=True)
-        except Exception as exc:  # OSError or any botocore error
-            raise DemoDataError(f"image store {self.root!r} is not usable: {exc}") from exc
-
-    def put(self, key: str, data: bytes) -> None:
-        if self.is_s3:
-            ctype = {"png": "image/png", "webp": "image/webp"}.get(key.rsplit(".", 1)[-1])
-            self.client().put_object(
-                Bucket=self.bucket,
-                Key=self._s3_key(key),
-                Body=data,
-                ContentType=ctype or "image/jpeg",
-            )
-            return
-        path = self.local / key
-        if path.parent not in self._dirs:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(path.parent)
-        path.write_bytes(data)
-
-    def delete(self, key: str) -> None:
-        if self.is_s3:
-            self.client().delete_object(Bucket=self.bucket, Key=self._s3_key(key))
-        else:
-            (self.local / key).unlink(missing_ok=True)
-
-
-_WORKER_STORE: ImageStore | None = None
-
-
-def _init_worker(store: ImageStore) -> None:
-    global _WORKER_STORE
-    store._client = None  # a forked child must not share the parent's HTTP connections
-    _WORKER_STORE = store
-
-
-def _write_one(job: tuple) -> int:
-    """Render and store one photo; returns the bytes written. Runs in pool workers."""
-    index, key, mode, seed, width, height, colour, pattern = job
-    store = _WORKER_STORE
-    try:
-        if mode == "delete":
-            store.delete(key)
-            return 0
-        data = encode_image(mode, index, seed, width, height, colour, pattern)
-        store.put(key, data)
-        return len(data)
-    except Exception as exc:  # make S3/OS errors picklable and clear
-        raise DemoDataError(f"cannot write image {key!r} to {store.root!r}: {exc}") from None
-
-
-def write_images(posts: Posts, store: ImageStore, seed: int, workers: int) -> dict[str, Any]:
-    """Render and store all photos, in a process pool when there are enough of them."""
-    jobs = [
-        (i, posts.keys[i], posts.image_mode[i], seed, int(posts.width[i]), int(posts.height[i]),
-         int(posts.colour[i]), int(posts.pattern[i]))
-        for i in range(len(posts.keys))
-        if posts.keys[i] is not None
-    ]  # fmt: skip
-    t0 = time.monotonic()
-    progress = Progress("images", len(jobs), unit="images")
-    total = 0
-    if workers <= 1 or len(jobs) < 200:
-        _init_worker(store)
-        for job in jobs:
-            total += _write_one(job)
-            progress.add(1)
-    else:
-        import multiprocessing as mp
-
-        # spawn, not fork: forking a process that already runs threads (Airflow, a test runner,
-        # boto3) can copy a held lock into the child and hang the pool forever.
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(store,)) as pool:
-            chunk = max(16, min(256, len(jobs) // (workers * 8)))
-            for nbytes in pool.imap_unordered(_write_one, jobs, chunksize=chunk):
-                total += nbytes
-                progress.add(1)
-    progress.add(0, force=len(jobs) >= 5_000)  # a closing line for runs worth waiting on
-    seconds = time.monotonic() - t0
-    return {
-        "images": len(jobs),
-        "image_bytes": total,
-        "image_seconds": round(seconds, 3),
-        "images_per_s": round(len(jobs) / seconds, 1) if seconds > 0 else None,
-    }
 
 
 # -- MySQL -------------------------------------------------------------------------------------
@@ -727,9 +481,9 @@ def generate(
         raise ValueError("--bad-fraction must be in [0, 1]")
     t0 = time.monotonic()
     target = MySQLTarget.parse(settings.mysql_uri)
-    store = ImageStore(settings.image_root, settings.s3_endpoint, settings.s3_region)
+    store = image_store(settings)
     first = _prepare_table(target, posts, replace, 1 if replace and first_id is None else first_id)
-    store.check()
+    ensure_store(store)
     p = build_posts(posts, days, end, seed, first, bad_fraction, image_size, store.uri_prefix)
     log.info("generated %d rows in %.1fs; writing photos", posts, time.monotonic() - t0)
     image_stats = write_images(p, store, seed, settings.workers)
