@@ -1,4 +1,5 @@
-"""ml.demo_data against a real MariaDB (127.0.0.1:3306, root) and a tmp image folder.
+"""ml.demo_data against a real MariaDB (127.0.0.1:3306, root) and a tmp image folder
+(moto S3 for the S3 store).
 
 One module-scoped run of 300 posts feeds most tests; each database is uniquely named and
 dropped at teardown.
@@ -8,11 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
+import pickle
 import types
 import unicodedata
 import uuid
@@ -25,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ml import demo_data
 from ml.config import Settings
+from ml.images import ImageError, ImageStore
 from ml.reasons import Reason
 
 MySQLdb = pytest.importorskip("MySQLdb")
@@ -325,54 +323,81 @@ def test_unreachable_mysql_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path)
     assert out.err.count("\n") == 1 and "Traceback" not in out.err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_s3_image_store(make_db, tmp_path):
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(exe).exists():
-        pytest.skip("moto_server not installed")
+def test_s3_image_store(make_db, s3_server):
     boto3 = pytest.importorskip("boto3")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    bucket = f"demo-{uuid.uuid4().hex[:12]}"  # not there yet: generate creates it
+    settings = _settings(make_db(), f"s3://{bucket}/img", s3_endpoint=s3_server.endpoint)
+    truth = demo_data.generate(settings, 40, 1, END, image_size=32, replace=True)
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="img/").get("Contents", [])}
+    rows = _rows(settings.mysql_uri)
+    assert truth["images"] == len(keys) > 0
+    for r in rows:
+        u = r["image_uri"]
+        assert not u.startswith("file://")
+        if r["id"] in truth["bad"]:
+            continue
+        if u.startswith("s3://"):
+            assert u.startswith(f"s3://{bucket}/img/")
+            assert u.removeprefix(f"s3://{bucket}/") in keys
+        else:
+            assert "img/" + u in keys
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_image_store_reads_back_what_it_writes(where, tmp_path, request):
+    """The demo writes through ml.images.ImageStore; the pipeline reads through the same class."""
+    if where == "s3":
+        s3_server = request.getfixturevalue("s3_server")
+        root = f"s3://demo-{uuid.uuid4().hex[:12]}/photos"
+        store = ImageStore(root, s3_server.endpoint)
+    else:
+        root = str(tmp_path / "link")
+        (tmp_path / "real").mkdir()
+        Path(root).symlink_to(tmp_path / "real")  # uri_prefix names the resolved folder
+        store = ImageStore(root)
+    store.ensure_root()
+    store.ensure_root()  # the folder or bucket is there: nothing to do
+    photos = {
+        "2026/11/17/1.jpg": b"\xff\xd8" + bytes(range(256)) * 3,
+        "2026/11/18/2.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 100,
+        "3.webp": b"RIFF\x00\x00\x00\x00WEBP",
+    }
+    for key, data in photos.items():
+        store.put(key, data)
+    reader = pickle.loads(pickle.dumps(ImageStore(root, store.s3_endpoint)))
+    for key, data in photos.items():
+        assert reader.fetch(key) == data
+        assert reader.fetch(store.uri_prefix + key) == data  # the absolute form of the same
+    if where == "s3":
+        bucket = root.removeprefix("s3://").split("/")[0]
+        assert store.uri_prefix == f"s3://{bucket}/photos/"
+        types_ = {
+            k: s3_server.client().head_object(Bucket=bucket, Key=f"photos/{k}")["ContentType"]
+            for k in photos
+        }
+        assert list(types_.values()) == ["image/jpeg", "image/png", "image/webp"]
+    else:
+        assert store.uri_prefix == f"file://{(tmp_path / 'real').resolve()}/"
+    store.put("3.webp", b"again")
+    assert reader.fetch("3.webp") == b"again"
+    store.delete("3.webp")
+    store.delete("3.webp")  # already gone: fine
+    with pytest.raises(ImageError) as err:
+        reader.fetch("3.webp")
+    assert err.value.reason is Reason.IMAGE_MISSING
+    with pytest.raises(ValueError, match="relative to the image root"):
+        store.put("s3://elsewhere/x.jpg", b"x")
+
+
+def test_unsupported_image_root_is_a_clear_error(make_db, capsys, monkeypatch):
+    with pytest.raises(demo_data.DemoDataError, match="unsupported image root 'http://cdn/x'"):
+        demo_data.generate(_settings(make_db(), "http://cdn/x"), 10, 1, END)
+    monkeypatch.setenv("POSTFLOW_MYSQL_URI", make_db())
+    monkeypatch.setenv("POSTFLOW_IMAGE_ROOT", "ftp://host/photos")
+    assert demo_data.main(["--posts", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "demo-data: error: unsupported image root 'ftp://host/photos': "
+        "use a folder or s3://bucket/prefix\n"
     )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        settings = _settings(make_db(), "s3://demo-photos/img", s3_endpoint=endpoint)
-        uri = settings.mysql_uri
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}.items():
-                mp.setenv(k, v)
-            truth = demo_data.generate(settings, 40, 1, END, image_size=32, replace=True)
-            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-            keys = {
-                o["Key"]
-                for o in s3.list_objects_v2(Bucket="demo-photos", Prefix="img/").get("Contents", [])
-            }
-        rows = _rows(uri)
-        assert truth["images"] == len(keys) > 0
-        for r in rows:
-            u = r["image_uri"]
-            assert not u.startswith("file://")
-            if r["id"] in truth["bad"]:
-                continue
-            if u.startswith("s3://"):
-                assert u.startswith("s3://demo-photos/img/")
-                assert u.removeprefix("s3://demo-photos/") in keys
-            else:
-                assert "img/" + u in keys
-    finally:
-        proc.terminate()
-        proc.wait(10)
