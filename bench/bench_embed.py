@@ -49,11 +49,12 @@ def build_day(root: Path, n: int, size: int, workers: int) -> tuple[object, str,
 
     from ml import demo_data as dd
     from ml.captions import sanitize_captions
+    from ml.images import ImageStore
     from ml.lake import Lake
     from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN
 
-    store = dd.ImageStore(str(root / "images"))
-    store.check()
+    store = ImageStore(str(root / "images"))
+    store.ensure_root()
     p = dd.build_posts(n, 1, END, SEED, 1, 0.0, size, store.uri_prefix)
     p.image_mode = ["jpeg"] * n  # the odd formats of the demo set are not what we time here
     dd.write_images(p, store, SEED, workers)

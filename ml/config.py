@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -131,6 +132,12 @@ class Settings:
         d["mysql_uri"] = redact_uri(self.mysql_uri)
         d["mlflow_uri"] = redact_uri(self.mlflow_uri)
         return d
+
+
+def addresses(text: str | None) -> list[str]:
+    """Email addresses of a setting such as POSTFLOW_REPORT_RECIPIENTS (comma or semicolon
+    separated)."""
+    return [a for a in (s.strip() for s in re.split(r"[,;]", text or "")) if a]
 
 
 def redact_uri(uri: str) -> str:

@@ -285,8 +285,6 @@ class ImageStore:
         except ClientError:
             self.client.create_bucket(Bucket=self._root_bucket)
 
-    check = ensure_root  # the name bench/bench_embed.py calls (the demo's store had it)
-
     def put(self, key: str, data: bytes) -> None:
         """Write `data` at `key` under the root (creating folders); S3 gets a content type
         from the extension (png, webp, else JPEG)."""

@@ -30,13 +30,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ml.config import ConfigError, Settings
+from ml.config import ConfigError, Settings, addresses
 from ml.lake import Lake
 from ml.registry import FINAL_METRICS, connect, experiment_id
 from ml.report_archive import ArchivedReport, WeeklyReport, archive, read_archive
 from ml.report_charts import draw_all
 from ml.report_data import collect
-from ml.report_email import SmtpParams, build_email, recipients_of, report_link, send_email
+from ml.report_email import SmtpParams, build_email, report_link, send_email
 from ml.weeks import Week
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def send_report(
 ) -> dict[str, Any]:
     """Email the archived report of `week` (read back from the lake, never rebuilt)."""
     week = Week.parse(week) if isinstance(week, str) else week
-    to = recipients if recipients is not None else recipients_of(settings.report_recipients)
+    to = recipients if recipients is not None else addresses(settings.report_recipients)
     if not to:
         raise ConfigError("no report recipients: set POSTFLOW_REPORT_RECIPIENTS (comma-separated)")
     lake = Lake.from_settings(settings)
@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
             starttls=args.smtp_starttls,
             timeout=args.smtp_timeout,
         )
-        to = recipients_of(args.to) if args.to else None
+        to = addresses(args.to) if args.to else None
         out["send"] = send_report(settings, week, smtp, to)
     print(json.dumps(out, default=str))
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import re
 import smtplib
 import ssl
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+from ml.config import addresses
 from ml.report_archive import ArchivedReport, report_dir, report_uri
 from ml.report_render import num, render_html, render_text
 from ml.weeks import Week
@@ -67,10 +67,6 @@ def report_link(lake: Any, week: Week, expiry_s: int) -> dict[str, Any]:
         "text": f"link valid until {until:%Y-%m-%d %H:%M} UTC; {uri}",
         "expires_at": until.isoformat(timespec="seconds"),
     }
-
-
-def recipients_of(text: str) -> list[str]:
-    return [a for a in (s.strip() for s in re.split(r"[,;]", text or "")) if a]
 
 
 def content_id(name: str, week: Week) -> str:
@@ -135,7 +131,7 @@ def build_email(
 def send_email(msg: EmailMessage, smtp: SmtpParams) -> dict[str, Any]:
     """Send with smtplib; raises on any SMTP error (the caller retries)."""
     from_addr = msg["From"]
-    to_addrs = recipients_of(msg["To"])
+    to_addrs = addresses(msg["To"])
     cls = smtplib.SMTP_SSL if smtp.ssl else smtplib.SMTP
     kwargs: dict[str, Any] = {"timeout": smtp.timeout}
     if smtp.ssl:

@@ -189,7 +189,7 @@ def _print_model(settings, bayes: float | None) -> None:
 
 
 def _weekly_report(dagbag, settings, last_day: date) -> int:
-    from ml.report import Week
+    from ml.weeks import Week
 
     week = Week.of(datetime(last_day.year, last_day.month, last_day.day, tzinfo=UTC))
     # A manual run whose logical date is the Monday 06:00 after the week reports on that week.

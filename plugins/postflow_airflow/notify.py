@@ -47,11 +47,10 @@ HTML = """\
 
 
 def alert_recipients(settings: Settings | None = None) -> list[str]:
-    from ml.config import Settings
+    from ml.config import Settings, addresses
 
     settings = settings or Settings.load()
-    raw = settings.alert_recipients or settings.report_recipients
-    return [a.strip() for a in raw.replace(";", ",").split(",") if a.strip()]
+    return addresses(settings.alert_recipients or settings.report_recipients)
 
 
 def failure_notifier(to: list[str] | None = None, smtp_conn_id: str = SMTP_CONN_ID) -> SmtpNotifier:
@@ -71,7 +70,7 @@ def failure_notifier(to: list[str] | None = None, smtp_conn_id: str = SMTP_CONN_
 
 
 def smtp_params(conn_id: str = SMTP_CONN_ID) -> SmtpParams:
-    """The Airflow SMTP connection as `ml.report.SmtpParams`, read the way the SMTP provider's
+    """The Airflow SMTP connection as `ml.report_email.SmtpParams`, read the way the SMTP provider's
     hook reads it (extras `disable_ssl`, `disable_tls`, `timeout`): SSL unless disabled,
     else STARTTLS unless disabled."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from ml import demo_data
+from ml import demo_captions, demo_data
 from ml.config import Settings
 from ml.images import ImageError, ImageStore
 from ml.reasons import Reason
@@ -273,7 +273,7 @@ def test_caption_topic_words_follow_the_class(demo):
         if r["id"] in demo.truth["bad"]:
             continue
         words = set(r["caption"].lower().replace("#", " ").split())
-        hits.append(bool(words & set(demo_data.TOPIC_WORDS[_label(r["comment_count"])])))
+        hits.append(bool(words & set(demo_captions.TOPIC_WORDS[_label(r["comment_count"])])))
     assert 0.45 < np.mean(hits) < 0.9
 
 
