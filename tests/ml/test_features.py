@@ -164,6 +164,13 @@ def test_rerun_with_nothing_new_does_no_model_work(embedded, capsys, monkeypatch
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["computed"] == 0 and out["cached"] == N_GOOD and out["skipped"] == 1
 
+    # with no flags, the settings choose the weights and the device (as the README shows)
+    monkeypatch.setenv("POSTFLOW_IMAGE_WEIGHTS", "none")
+    monkeypatch.setenv("POSTFLOW_DEVICE", "cpu")
+    assert EM.main(["--ds", DS, "--workers", "0"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["image_model"] == "resnet50:random-seed0" and out["computed"] == 0
+
 
 def test_changed_caption_recomputes_only_that_post_deterministically(embedded, encoders, photos):
     lake, store, _ = embedded
