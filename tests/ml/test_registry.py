@@ -15,11 +15,11 @@ from ml import dataset as DS
 from ml import model as M
 from ml import promote as P
 from ml import registry as R
-from ml import schema as S
 from ml import train as T
 from ml.charts import confusion_png
 from ml.config import Settings
 from ml.labels import DEFAULT_EDGES, bin_names
+from tools.synthetic import class_features, write_features, write_posts_clean
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,23 +124,11 @@ N_POSTS = 600
 
 def _write_lake(root) -> tuple[object, np.ndarray]:
     """posts_clean + features for N_POSTS old posts over two days; features carry the class
-    (class means in a 16-d subspace, as in test_train). Returns (lake, features by post)."""
-    import pyarrow as pa
-
-    from ml.features import FEATURES_SCHEMA, features_table
+    (tools.synthetic, as in test_train). Returns (lake, features by post)."""
     from ml.lake import Lake
-    from ml.schema import CLEAN_SCHEMA
 
-    rng = np.random.default_rng(0)
-    priors = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
-    y = rng.choice(8, N_POSTS, p=priors)
-    basis = np.linalg.qr(rng.normal(size=(S.N_FEATURES, 16)))[0].T
-    means = rng.normal(size=(8, 16)) * 1.5
-    X = (
-        rng.normal(size=(N_POSTS, S.N_FEATURES)) * 0.5
-        + (means[y] + rng.normal(size=(N_POSTS, 16))) @ basis * 6
-    )
-    X = X.astype(np.float16).astype(np.float32)  # as stored in the lake
+    X, y = class_features(N_POSTS, sep=1.5, dtype=np.float16)
+    X = X.astype(np.float32)  # as stored in the lake
     ids = np.arange(1, N_POSTS + 1) * 7 + 3
     lake = Lake(str(root))
     old = datetime(2024, 3, 1)
@@ -156,20 +144,8 @@ def _write_lake(root) -> tuple[object, np.ndarray]:
             "created_at": [old] * n,
             "updated_at": [old] * n,
         }
-        cols = {f.name: rows.get(f.name, [None] * n) for f in CLEAN_SCHEMA}
-        with lake.writer("posts_clean", ds, CLEAN_SCHEMA) as w:
-            w.write(pa.table(cols, schema=CLEAN_SCHEMA))
-        with lake.writer("features", ds, FEATURES_SCHEMA) as w:
-            w.write(
-                features_table(
-                    ids[sl],
-                    [f"h{i}" for i in ids[sl]],
-                    X[sl, :2048],
-                    X[sl, 2048:],
-                    "resnet50:random-seed0",
-                    "all-MiniLM-L6-v2",
-                )
-            )
+        write_posts_clean(lake, ds, rows)
+        write_features(lake, ds, ids[sl], X[sl])
     return lake, X
 
 

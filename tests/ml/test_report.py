@@ -27,6 +27,7 @@ from ml.config import Settings
 from ml.labels import DEFAULT_EDGES
 from ml.lake import Lake
 from ml.weeks import Week
+from tools.synthetic import write_features
 
 WEEK = Week(2026, 47)  # Monday 2026-11-16 .. Sunday 2026-11-22
 PRIORS = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
@@ -55,7 +56,6 @@ def write_synthetic_days(
 ) -> int:
     """posts_raw/posts_clean/quarantine manifests and rows, and features whose class means make
     the label learnable; returns the next free post id."""
-    from ml.features import FEATURES_SCHEMA
     from ml.schema import CLEAN_SCHEMA, QUARANTINE_SCHEMA
     from ml.source import RAW_SCHEMA
 
@@ -115,22 +115,15 @@ def write_synthetic_days(
         k = int(good.sum())
         img = img_mu[cls[good]] * 0.6 + rng.normal(0, 1, (k, 2048))
         txt = txt_mu[cls[good]] * 0.6 + rng.normal(txt_shift, 1, (k, 384))
-        ft = pa.table(
-            {
-                "post_id": ids[good],
-                "content_hash": ["h"] * k,
-                "img": pa.FixedSizeListArray.from_arrays(
-                    pa.array(img.astype(np.float16).ravel(), pa.float16()), 2048
-                ),
-                "txt": pa.FixedSizeListArray.from_arrays(
-                    pa.array(txt.astype(np.float16).ravel(), pa.float16()), 384
-                ),
-                "image_model": ["resnet50:none"] * k,
-                "text_model": ["minilm"] * k,
-            }
+        write_features(
+            lake,
+            ds,
+            ids[good],
+            np.concatenate([img, txt], axis=1),
+            image_model="resnet50:none",
+            text_model="minilm",
+            hashes=["h"] * k,
         )
-        with lake.writer("features", ds, FEATURES_SCHEMA) as w:
-            w.write(ft)
     return next_id
 
 

@@ -7,14 +7,13 @@ import pickle
 from datetime import datetime, timedelta
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from ml import dataset as DS
 from ml import labels as L
 from ml import model as M
-from ml import schema as S
 from ml import train as T
+from tools.synthetic import class_features, write_features, write_posts_clean
 
 # -- labels -------------------------------------------------------------------------------------
 
@@ -77,24 +76,12 @@ def test_label_mask_age_and_hearts():
     assert L.cutoff_of("2024-05-09") == cutoff
 
 
-# -- synthetic features -------------------------------------------------------------------------
-
-PRIORS = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
-
-
-def make_data(n: int, seed: int = 0, sep: float = 1.2, priors=PRIORS):
-    """Class-dependent means in a random 16-d subspace of 2432-d noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.choice(len(priors), n, p=priors)
-    basis = np.linalg.qr(rng.normal(size=(S.N_FEATURES, 16)))[0].T  # (16, 2432)
-    means = rng.normal(size=(len(priors), 16)) * sep
-    X = rng.normal(size=(n, S.N_FEATURES)) * 0.5 + (means[y] + rng.normal(size=(n, 16))) @ basis * 6
-    return X.astype(np.float32), y
+# -- on synthetic features (tools.synthetic) ----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def trained():
-    X, y = make_data(600)
+    X, y = class_features(600)
     tr, va, te = slice(0, 360), slice(360, 480), slice(480, 600)
     cfg = M.TrainConfig(max_epochs=60, patience=8, seed=0)
     model = M.train_model(X[tr], y[tr], X[va], y[va], cfg)
@@ -115,7 +102,7 @@ def test_mlp_beats_majority_and_logistic_is_sane(trained):
 
 def test_early_stopping_stops_and_keeps_the_best_epoch():
     """Labels unrelated to the features: validation loss turns up quickly and training stops."""
-    X, _ = make_data(300, seed=4)
+    X, _ = class_features(300, 4)
     y = np.random.default_rng(4).integers(0, 8, 300)
     cfg = M.TrainConfig(max_epochs=300, patience=5, seed=0, lr=3e-3)
     model = M.train_model(X[:200], y[:200], X[200:], y[200:], cfg)
@@ -140,7 +127,7 @@ def test_predict_proba_and_round_trips(trained, tmp_path):
 
 
 def test_training_is_seeded():
-    X, y = make_data(200, seed=3)
+    X, y = class_features(200, 3)
     cfg = M.TrainConfig(max_epochs=5, seed=1)
     a = M.train_model(X[:150], y[:150], X[150:], y[150:], cfg)
     b = M.train_model(X[:150], y[:150], X[150:], y[150:], cfg)
@@ -150,7 +137,7 @@ def test_training_is_seeded():
 def test_balanced_class_weights_lift_minority_recall():
     """86 % of one class, weak signal: unweighted training all but ignores the other classes."""
     priors = np.array([0.86, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02])
-    X, y = make_data(1200, seed=5, sep=0.5, priors=priors)
+    X, y = class_features(1200, 5, sep=0.5, priors=priors)
     tr, va, te = slice(0, 700), slice(700, 900), slice(900, 1200)
     minority, balanced = {}, {}
     for cw in ("balanced", None):
@@ -185,7 +172,7 @@ def test_metrics_agree_with_sklearn():
 
 
 def test_run_training_splits_trains_and_scores_all_three():
-    X, y = make_data(500, seed=8)
+    X, y = class_features(500, 8)
     ids = np.arange(500) * 31 + 7
     data = DS.TrainingData(
         X,
@@ -211,30 +198,16 @@ def test_run_training_splits_trains_and_scores_all_three():
 
 
 def test_load_dataset_joins_latest_snapshot_with_its_features(tmp_path, monkeypatch, capsys):
-    from ml.features import FEATURES_SCHEMA, features_table
     from ml.lake import Lake
-    from ml.schema import CLEAN_SCHEMA
 
     lake = Lake(str(tmp_path / "lake"))
     old = datetime(2024, 4, 1)
 
     def clean(ds, rows):
-        cols = {f.name: [r.get(f.name) for r in rows] for f in CLEAN_SCHEMA}
-        with lake.writer("posts_clean", ds, CLEAN_SCHEMA) as w:
-            w.write(pa.table(cols, schema=CLEAN_SCHEMA))
+        write_posts_clean(lake, ds, {k: [r[k] for r in rows] for k in rows[0]})
 
     def feats(ds, ids, value):
-        n = len(ids)
-        t = features_table(
-            ids,
-            [f"h{i}" for i in ids],
-            np.full((n, 2048), value),
-            np.full((n, 384), value),
-            "resnet50:random-seed0",
-            "all-MiniLM-L6-v2",
-        )
-        with lake.writer("features", ds, FEATURES_SCHEMA) as w:
-            w.write(t)
+        write_features(lake, ds, ids, np.full((len(ids), 2432), value))
 
     def post(i, cc, hearts=1, created=old, updated=old):
         return dict(
