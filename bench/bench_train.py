@@ -1,9 +1,10 @@
 """Training time: `train_model` (StandardScaler + whitened PCA 128, then the MLP with early
 stopping) on N x 2432 float32 features, split train/val/test as `run_training` splits them.
 
-Data (synthetic, seeded): 8 classes with the demo prior; each row is its class centre plus
-latent noise in a random 16-d subspace of the 2432 dimensions, plus isotropic noise in all of
-them, so PCA has a subspace to find and the classes overlap (accuracy well below 1).
+Data (synthetic, seeded, `tools.synthetic`, the tests' recipe): 8 classes with the demo prior;
+each row is its class centre plus latent noise in a random 16-d subspace of the 2432 dimensions,
+plus isotropic noise in all of them, so PCA has a subspace to find and the classes overlap
+(accuracy well below 1). Made in chunks, so memory stays at X plus one chunk.
 
 Baseline in the same run: the logistic regression of `train_baselines` (what the nightly step
 also fits), on the same training rows and the model's own scaler + PCA projection. The ratio
@@ -26,35 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-N_FEATURES = 2048 + 384
-LATENT = 16
-CENTRE_SD = 0.5  # class centres vs unit latent noise: Bayes accuracy ~0.71, like the demo set
+from ml.schema import N_FEATURES
+from tools.synthetic import synthetic_set
+
+SEP = 0.5  # class centres vs unit latent noise: Bayes accuracy ~0.73, like the demo set (~0.72)
 
 
-def make_data(n: int, seed: int = 0, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray, float]:
-    """(X float32 (n, 2432), y int64 (n,), Bayes accuracy on these rows): class centre +
-    latent noise in a 16-d subspace + isotropic noise. Written in chunks to bound memory."""
+def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """(X float32 (n, 2432), y int64 (n,), Bayes accuracy on these rows), made in chunks."""
     from ml.demo_data import CLASS_PRIOR
 
-    rng = np.random.default_rng(seed)
-    k = len(CLASS_PRIOR)
-    y = rng.choice(k, n, p=np.asarray(CLASS_PRIOR)).astype(np.int64)
-    prior = np.log(np.asarray(CLASS_PRIOR))
-    centres = rng.normal(0, CENTRE_SD, (k, LATENT)).astype(np.float32)
-    basis = (rng.normal(0, 1, (LATENT, N_FEATURES)) * 3 / np.sqrt(LATENT)).astype(np.float32)
-    offset = rng.normal(0, 0.5, N_FEATURES).astype(np.float32)
-    X = np.empty((n, N_FEATURES), np.float32)
-    hits = 0
-    for i in range(0, n, chunk):
-        j = min(n, i + chunk)
-        latent = centres[y[i:j]] + rng.normal(0, 1.0, (j - i, LATENT)).astype(np.float32)
-        X[i:j] = rng.standard_normal((j - i, N_FEATURES), dtype=np.float32)
-        X[i:j] += latent @ basis
-        X[i:j] += offset
-        # the Bayes classifier sees the latent itself (the isotropic noise only hides it)
-        ll = -0.5 * ((latent[:, None, :] - centres[None]) ** 2).sum(-1) + prior
-        hits += int((ll.argmax(1) == y[i:j]).sum())
-    return X, y, hits / max(n, 1)
+    X, y, bayes = synthetic_set(n, seed, sep=SEP, priors=CLASS_PRIOR)
+    return X, y.astype(np.int64), bayes
 
 
 def main(argv: list[str] | None = None) -> dict:
