@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ml.embed import EmbedOptions, embed_partition, worker_context
     from ml.encoders import ImageEncoder, RandomWeightsWarning, TextEncoder, resolve_device
     from ml.images import ImageStore
+    from ml.schema import DATASET_CLEAN
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(tmp)
         t = time.perf_counter()
         lake, ds, captions = build_day(root, n, size, cores)
-        uris = lake.read_partition("posts_clean", ds, columns=["image_uri"])["image_uri"]
+        uris = lake.read_partition(DATASET_CLEAN, ds, columns=["image_uri"])["image_uri"]
         sizes = [f.stat().st_size for f in (root / "images").rglob("*.jpg")]
         print(
             f"setup: {n} posts, JPEG longest side {size}px, {np.mean(sizes) / 1e3:.0f} KB mean, "

@@ -105,11 +105,13 @@ def _smtp():
 
 def _baseline(settings, lake, week, port: int) -> float:
     """Manifests of the week read, their numbers emailed as plain text."""
+    from ml.schema import DATASET_CLEAN, DATASET_QUARANTINE
+
     t0 = time.perf_counter()
     lines = []
     for ds in week.days:
-        m = lake.read_manifest("posts_clean", ds)
-        q = lake.read_manifest("quarantine", ds)
+        m = lake.read_manifest(DATASET_CLEAN, ds)
+        q = lake.read_manifest(DATASET_QUARANTINE, ds)
         if m and q:
             lines.append(f"{ds} {m['source_rows']} {m['rows']} {q['rows']}")
     msg = EmailMessage()

@@ -23,11 +23,11 @@ from typing import Any
 from ml.lake import code_version
 from ml.report_charts import Chart
 from ml.report_render import render_html, render_text
+from ml.schema import DATASET_REPORTS
 from ml.weeks import Week
 
 log = logging.getLogger(__name__)
 
-DATASET = "reports"
 MANIFEST = "_manifest.json"
 CONTENT_TYPES = {
     ".png": "image/png",
@@ -59,11 +59,11 @@ class ArchivedReport:
 
 
 def report_dir(lake: Any, week: Week) -> str:
-    return posixpath.join(lake.base, DATASET, f"week={week.label}")
+    return posixpath.join(lake.base, DATASET_REPORTS, f"week={week.label}")
 
 
 def report_uri(lake: Any, week: Week) -> str:
-    return lake.uri(DATASET, f"week={week.label}")
+    return lake.uri(DATASET_REPORTS, f"week={week.label}")
 
 
 def _data_uri(png: bytes) -> str:

@@ -41,6 +41,7 @@ from ml.labels import DEFAULT_EDGES
 from ml.lake import code_version
 from ml.model import metrics_from_predictions
 from ml.registry import CHAMPION, FINAL_METRICS, MODELS, connect, load_version
+from ml.schema import DATASET_CLEAN, DATASET_QUARANTINE, DATASET_RAW
 from ml.weeks import Week
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ def data_quality(lake: Any, week: Week) -> dict[str, Any]:
     """Posts ingested, clean and quarantined (by reason) per day, from the partition manifests."""
     days, reasons_total = [], {}
     for ds in week.days:
-        raw = lake.read_manifest("posts_raw", ds)
-        clean = lake.read_manifest("posts_clean", ds)
-        quar = lake.read_manifest("quarantine", ds)
+        raw = lake.read_manifest(DATASET_RAW, ds)
+        clean = lake.read_manifest(DATASET_CLEAN, ds)
+        quar = lake.read_manifest(DATASET_QUARANTINE, ds)
         if clean is None and raw is None:
             days.append(
                 {

@@ -28,6 +28,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from ml.schema import DATASET_CLEAN, DATASET_FEATURES, DATASET_QUARANTINE
 from tools.airflow_env import REPO, STATE, airflow_env, pipeline_env
 
 READER_USER = "postflow_reader"
@@ -150,7 +151,7 @@ def _retrain(dagbag, settings, days: list[date], bayes: float | None) -> int:
         print("retrain FAILED: see the task logs above", file=sys.stderr)
         return 1
     lake = Lake.from_settings(settings)
-    feats = [lake.read_manifest("features", d) or {} for d in days]
+    feats = [lake.read_manifest(DATASET_FEATURES, d) or {} for d in days]
     print("=" * 78)
     print(
         f"features:    {sum(f.get('rows', 0) for f in feats)} posts embedded "
@@ -252,8 +253,8 @@ def _summary(settings, days: list[date], failed: list[str]) -> int:
     print(f"{'day':<12}{'rows in':>9}{'clean':>8}{'quarantined':>13}  reasons")
     totals = {"rows_in": 0, "clean": 0, "quarantined": 0}
     for day in days:
-        clean = lake.read_manifest("posts_clean", day)
-        quar = lake.read_manifest("quarantine", day)
+        clean = lake.read_manifest(DATASET_CLEAN, day)
+        quar = lake.read_manifest(DATASET_QUARANTINE, day)
         if clean is None or quar is None:
             print(f"{day!s:<12} no partitions (run failed)")
             continue
@@ -265,7 +266,7 @@ def _summary(settings, days: list[date], failed: list[str]) -> int:
     print(f"{'total':<12}{totals['rows_in']:>9}{totals['clean']:>8}{totals['quarantined']:>13}")
     print("=" * 78)
     print(f"lake:        {lake.uri()}  (posts_raw/, posts_clean/, quarantine/ by ds=)")
-    print(f"validation:  {lake.uri('posts_clean', 'ds=' + str(days[-1]), 'validation-*.json')}")
+    print(f"validation:  {lake.uri(DATASET_CLEAN, 'ds=' + str(days[-1]), 'validation-*.json')}")
     print(f"airflow:     {os.environ['AIRFLOW_HOME']} (task logs under logs/)")
     print(json.dumps({"days": [str(d) for d in days], **totals, "failed_days": failed}))
     if failed:

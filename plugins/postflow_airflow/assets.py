@@ -2,4 +2,6 @@
 
 from airflow.sdk import Asset
 
-POSTS_CLEAN = Asset(name="posts_clean", uri="postflow://lake/posts_clean", group="postflow")
+from ml.schema import DATASET_CLEAN
+
+POSTS_CLEAN = Asset(name=DATASET_CLEAN, uri=f"postflow://lake/{DATASET_CLEAN}", group="postflow")

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ml.schema import DATASET_CLEAN as POSTS_CLEAN_NAME
+
 if TYPE_CHECKING:
     from ml.config import Settings
-
-POSTS_CLEAN_NAME = "posts_clean"
 
 
 def days_from_context(context: dict[str, Any]) -> list[str]:
