@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,47 @@ def fresh_mysql_db() -> Iterator[MySQLDatabase]:
     db = MySQLDatabase()
     yield db
     db.drop()
+
+
+# -- demo posts through posts_etl ---------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_dag(dag_id: str, *, all_dags: bool = False, check_import_errors: bool = True):
+    """The DAG `dag_id`: parsed from `dags/<dag_id>.py` alone, or (`all_dags`) from the whole
+    `dags/` folder; with `check_import_errors`, the parse must have none."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = REPO / "dags" if all_dags else REPO / "dags" / f"{dag_id}.py"
+    bag = DagBag(dag_folder=str(folder))
+    if check_import_errors:
+        assert bag.import_errors == {}
+    return bag.dags[dag_id]
+
+
+def demo_days(settings, days: list[date], posts: int, seed: int) -> dict:
+    """`posts` demo posts (ml.demo_data.generate, replacing the table) updated over `days`,
+    consecutive days ending with days[-1]; returns generate's truth."""
+    from ml.demo_data import generate
+
+    end = days[-1] + timedelta(days=1)
+    return generate(settings, posts=posts, days=len(days), end=end, seed=seed, replace=True)
+
+
+def run_posts_etl(day: date, dag=None):
+    """A manual `posts_etl` run that reads the complete day `day` (logical date D+1, 00:00 UTC);
+    `dag`: None parses dags/posts_etl.py. Returns the DagRun."""
+    dag = dag if dag is not None else load_dag("posts_etl")
+    logical = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    return dag.test(logical_date=logical)
+
+
+def etl_days(days: list[date], dag=None) -> None:
+    """`run_posts_etl` for each of `days`, each run a success."""
+    dag = dag if dag is not None else load_dag("posts_etl")
+    for day in days:
+        assert str(run_posts_etl(day, dag).state) == "success", day
 
 
 class S3Server:

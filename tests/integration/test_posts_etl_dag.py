@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import date, timedelta
 
 import pytest
 
 from ml.config import Settings
 from ml.lake import Lake
+from tests.conftest import demo_days, load_dag, run_posts_etl
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 DAY = date(2026, 11, 20)
 
 # demo_data's planted bad kinds → the reason the ETL must record for them
@@ -34,7 +33,7 @@ EXPECTED_REASON = {
 
 @pytest.fixture(scope="module")
 def demo(mysql_db, tmp_path_factory):
-    from ml.demo_data import BAD_KINDS, generate
+    from ml.demo_data import BAD_KINDS
 
     assert set(BAD_KINDS) == set(EXPECTED_REASON), "every planted kind has an expected reason"
     root = tmp_path_factory.mktemp("demo")
@@ -46,9 +45,7 @@ def demo(mysql_db, tmp_path_factory):
             "image_workers": 2,
         }
     )
-    truth = generate(
-        settings, posts=400, days=1, end=DAY + timedelta(days=1), seed=11, replace=True
-    )
+    truth = demo_days(settings, [DAY], posts=400, seed=11)
     return settings, truth
 
 
@@ -64,12 +61,8 @@ def airflow_env(airflow_db, demo, mysql_db, monkeypatch):
 
 
 def run_day(day: date):
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(REPO / "dags")).dags["posts_etl"]
     # A manual run with logical date D+1 reads the complete day D.
-    logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
-    return dag.test(logical_date=logical)
+    return run_posts_etl(day, load_dag("posts_etl", all_dags=True, check_import_errors=False))
 
 
 def test_posts_etl_day_of_demo_data(airflow_env, demo):

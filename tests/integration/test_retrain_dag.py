@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import date
 
 import pytest
 
 from ml.config import Settings
 from ml.lake import Lake
+from tests.conftest import demo_days, etl_days, load_dag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 DAYS = [date(2026, 11, 18), date(2026, 11, 19)]
 
 
 @pytest.fixture(scope="module")
 def lake_of_two_days(mysql_db, airflow_db, tmp_path_factory):
     """Two days of demo posts through posts_etl, as production would have them."""
-    from ml.demo_data import generate
-
     root = tmp_path_factory.mktemp("retrain")
     settings = Settings.load(
         {
@@ -38,7 +35,7 @@ def lake_of_two_days(mysql_db, airflow_db, tmp_path_factory):
         },
         environ={},
     )
-    generate(settings, posts=360, days=2, end=DAYS[-1] + timedelta(days=1), seed=5, replace=True)
+    demo_days(settings, DAYS, posts=360, seed=5)
     return settings
 
 
@@ -69,11 +66,7 @@ def retrain_env(lake_of_two_days, mysql_db, mlflow_server, monkeypatch):
 
 
 def _dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert not bag.import_errors
-    return bag.dags[dag_id]
+    return load_dag(dag_id, all_dags=True)
 
 
 def _states(run) -> dict[str, list[str]]:
@@ -87,12 +80,7 @@ def test_retrain_embeds_trains_registers_and_gates(retrain_env):
     import mlflow
 
     settings = retrain_env
-    etl = _dag("posts_etl")
-    for day in DAYS:
-        run = etl.test(
-            logical_date=datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
-        )
-        assert str(run.state) == "success"
+    etl_days(DAYS, _dag("posts_etl"))
 
     retrain = _dag("retrain")
     days = [d.isoformat() for d in DAYS]

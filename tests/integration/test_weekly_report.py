@@ -25,8 +25,9 @@ import pytest
 from ml.config import Settings
 from ml.lake import Lake
 from ml.weeks import Week
+from tests.conftest import MySQLDatabase, demo_days, etl_days, load_dag
+from tools import synthetic
 
-REPO = Path(__file__).resolve().parents[2]
 WEEK = Week(2026, 47)  # Monday 2026-11-16 .. Sunday 2026-11-22
 DAYS = [date(2026, 11, 17), date(2026, 11, 18)]
 EMPTY_WEEK = Week(2026, 40)
@@ -43,42 +44,17 @@ def run_after(week: Week) -> datetime:
     return interval_start(week) + timedelta(days=7)
 
 
-def load_dag(dag_id: str):
-    """The DAG of `dags/<dag_id>.py`, parsed on its own (other DAG files do not matter here)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"))
-    assert bag.import_errors == {}
-    return bag.dags[dag_id]
-
-
 def write_features(lake: Lake, day: str, seed: int) -> int:
     """Features for the posts of `posts_clean/ds=day`: class means in a 16-d subspace plus
-    noise, so that a small model learns something. Returns the number of rows."""
-    from ml.features import FEATURES_SCHEMA, features_table
+    noise (tools.synthetic; one class geometry for all days), so that a small model learns
+    something. Returns the number of rows."""
     from ml.labels import bin_labels
 
     clean = lake.read_partition("posts_clean", day, columns=["id", "comment_count"])
     ids = clean["id"].to_numpy()
     y = bin_labels(clean["comment_count"].to_numpy())
-    rng = np.random.default_rng(seed)
-    base = np.random.default_rng(0)
-    basis = np.linalg.qr(base.normal(size=(2432, 16)))[0].T
-    means = base.normal(size=(8, 16)) * 1.5
-    X = rng.normal(size=(len(ids), 2432)) * 0.5 + (means[y] + rng.normal(size=(len(ids), 16))) @ (
-        basis * 6
-    )
-    with lake.writer("features", day, FEATURES_SCHEMA) as w:
-        w.write(
-            features_table(
-                ids,
-                [f"h{i}" for i in ids],
-                X[:, :2048],
-                X[:, 2048:],
-                "resnet50:random-seed0",
-                "all-MiniLM-L6-v2",
-            )
-        )
+    X, _ = synthetic.class_features(len(ids), seed, y=y, sep=1.5, space_seed=0, dtype=np.float64)
+    synthetic.write_features(lake, day, ids, X)
     return len(ids)
 
 
@@ -95,8 +71,6 @@ def world(airflow_db, s3_server, mlflow_server, tmp_path_factory):
     registered and put through the promotion gate, all inside WEEK."""
     from ml import promote
     from ml import train as T
-    from ml.demo_data import generate
-    from tests.conftest import MySQLDatabase
 
     tmp = tmp_path_factory.mktemp("weekly")
     db = MySQLDatabase()
@@ -121,18 +95,8 @@ def world(airflow_db, s3_server, mlflow_server, tmp_path_factory):
         for k, v in env.items():
             mp.setenv(k, v)
         settings = Settings.load()
-        generate(
-            settings.replace(mysql_uri=db.admin.uri()),
-            posts=360,
-            days=2,
-            end=DAYS[-1] + timedelta(days=1),
-            seed=5,
-            replace=True,
-        )
-        etl = load_dag("posts_etl")
-        for day in DAYS:  # a manual run with logical date D+1 reads the complete day D
-            logical = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
-            assert str(etl.test(logical_date=logical).state) == "success"
+        demo_days(settings.replace(mysql_uri=db.admin.uri()), DAYS, posts=360, seed=5)
+        etl_days(DAYS)
         lake = Lake.from_settings(settings)
         for i, day in enumerate(DAYS):
             write_features(lake, str(day), seed=10 + i)
