@@ -45,6 +45,12 @@ class Settings:
     max_image_pixels: int = 40_000_000
     min_image_side: int = 8
     image_workers: int = 0  # 0 = one per CPU core
+    # hostile input (ml.images): image_uri is user data. Extra places photos may come from
+    # (comma-separated folders and s3://bucket), and the most bytes a photo file may have.
+    image_allowed_roots: str = ""
+    max_image_bytes: int = 50_000_000
+    # a post may have no caption (~1% of real posts): kept with "" unless this is true
+    require_caption: bool = False
     # batch-level validation: fail the run below this many rows (0 = an empty day is fine)
     min_rows_error: int = 0
     # batch-level warnings when more than this fraction of rows is quarantined

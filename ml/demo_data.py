@@ -82,9 +82,6 @@ BAD_KINDS: tuple[str, ...] = (
     "image_missing",  # URI points to nothing
     "image_not_an_image",  # an HTML error page saved as .jpg
     "image_uri_unsupported",  # http://... (not s3://, file://, or relative)
-    "caption_null",
-    "caption_empty",
-    "caption_blank",  # only whitespace and control characters
     "hearts_negative",
     "comment_count_negative",
     "created_at_future",  # created_at in 2099 while updated_at is in the window
@@ -97,9 +94,6 @@ EXPECTED_REASONS: dict[str, tuple[str, ...]] = {
     "image_missing": (Reason.IMAGE_MISSING,),
     "image_not_an_image": (Reason.IMAGE_NOT_AN_IMAGE, Reason.IMAGE_UNREADABLE),
     "image_uri_unsupported": (Reason.IMAGE_URI_INVALID,),
-    "caption_null": (Reason.CAPTION_NULL,),
-    "caption_empty": (Reason.CAPTION_EMPTY,),
-    "caption_blank": (Reason.CAPTION_EMPTY,),
     "hearts_negative": (Reason.COUNT_NEGATIVE,),
     "comment_count_negative": (Reason.COUNT_NEGATIVE,),
     "created_at_future": (Reason.TIMESTAMP_IN_FUTURE,),
@@ -112,6 +106,10 @@ UNUSUAL_CAPTION_KINDS: tuple[str, ...] = (
     "caption_control_chars",  # control characters inside real words
     "caption_emoji",
     "caption_non_latin",
+    # no caption at all (~1% of real posts): kept with "" (POSTFLOW_REQUIRE_CAPTION=false)
+    "caption_null",
+    "caption_empty",
+    "caption_blank",  # only whitespace and control characters
 )
 UNUSUAL_KINDS: tuple[str, ...] = UNUSUAL_IMAGE_KINDS + UNUSUAL_CAPTION_KINDS
 

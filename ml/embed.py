@@ -428,9 +428,7 @@ def main(argv: list[str]) -> int:
         args.text_model or settings.text_model or None, device, batch_size=max(batch, 256)
     )
     opts = EmbedOptions(batch_size=batch, workers=workers, decode=args.decode, shard=args.shard)
-    store = functools.partial(
-        ImageStore, settings.image_root, settings.s3_endpoint, settings.s3_region
-    )
+    store = functools.partial(ImageStore.from_settings, settings)  # confined, bounded reads
     summary = embed_partition(lake, args.ds, store, image_encoder, text_encoder, opts)
     print(
         json.dumps(

@@ -219,12 +219,14 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
             results.append(outcome.result_json)
 
             todo = _pending(reason)
-            cleaned = sanitize_captions(df["caption"].iloc[todo]).astype("object").to_numpy()
+            cleaned = sanitize_captions(df["caption"].iloc[todo]).to_numpy(dtype=object, copy=True)
             empty = np.array([c is None or c is pd.NA or c == "" for c in cleaned], dtype=bool)
-            reason[todo[empty]] = Reason.CAPTION_EMPTY.value
-            message[todo[empty]] = (
-                "caption is empty after removing whitespace and control characters"
-            )
+            if settings.require_caption:
+                reason[todo[empty]] = Reason.CAPTION_EMPTY.value
+                message[todo[empty]] = (
+                    "caption is empty after removing whitespace and control characters"
+                )
+            cleaned[empty] = ""  # no caption is a valid post: it is kept with ""
             caption_of = dict(zip(todo.tolist(), cleaned.tolist(), strict=True))
 
             todo = _pending(reason)
@@ -275,7 +277,16 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
                 f"{fraction:.1%} of rows quarantined (warning above "
                 f"{settings.max_quarantine_fraction_warn:.0%})"
             )
-        status = "failed_validation" if stats.batch_errors else "ok"
+        if stats.batch_errors:
+            # Raised inside both writers: neither partition is committed, so the day's previous
+            # posts_clean (or none) stays what readers see.
+            for error in stats.batch_errors:
+                log.error("validation error for %s: %s", ds, error)
+            raise ValidationFailed(
+                f"{ds}: batch validation failed, posts_clean and quarantine not committed: "
+                + "; ".join(stats.batch_errors)
+            )
+        status = "ok"
         report = json.dumps(
             {
                 "status": status,
@@ -312,8 +323,6 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
         "validation_report": report_uri,
         "seconds": round(time.monotonic() - t0, 3),
     }
-    if stats.batch_errors:
-        raise ValidationFailed(f"{ds}: " + "; ".join(stats.batch_errors))
     return summary
 
 

@@ -1,60 +1,46 @@
 """Fetching and checking the photo of each post before it reaches the GPU step.
 
-A post whose photo cannot be fetched or decoded is quarantined with a reason from
-`ml.reasons` rather than failing the night: `check_uris` never raises for a bad image. The check
-decodes every image fully (JPEG at 1/8 scale through libjpeg-turbo, which still entropy-decodes
-all of the data, with its warnings as errors) because a header-only check lets truncated uploads
-through to the embedding pods.
+A post whose photo cannot be fetched or decoded (`ml.image_decode`) is quarantined with a reason
+from `ml.reasons` rather than failing the night: `check_uris` never raises for a bad image.
+
+`image_uri` is typed by the app's users, so fetching is confined: local paths (symlinks resolved)
+only inside the image root and `POSTFLOW_IMAGE_ALLOWED_ROOTS`, never under /proc, /sys or /dev,
+regular files only; S3 only in the root's bucket and the allowed ones; at most
+`POSTFLOW_MAX_IMAGE_BYTES` read. Messages never quote a file's bytes.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import posixpath
 import re
+import stat
 import time
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from ml.image_decode import ImageError, check_image
 from ml.reasons import Reason
 
 if TYPE_CHECKING:
     from ml.config import Settings
 
-# Formats a photo may come in. Everything else Pillow could open (EPS runs Ghostscript, PSD,
-# ICO, ...) is refused as not an image: less attack surface, nothing the GPU step cannot read.
-# Multi-picture JPEGs from phones open through the JPEG opener and report format "MPO".
-ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
-
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
 log = logging.getLogger(__name__)
 
+# Trees of the kernel's pseudo-files and devices: never read, whatever the allowed roots say.
+SYSTEM_TREES: tuple[str, ...] = ("/proc", "/sys", "/dev")
+DEFAULT_MAX_IMAGE_BYTES = 50_000_000
+# Open flags of a photo: no symlink swapped in after the check, no blocking on a FIFO.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+_READ_BLOCK = 1 << 20
+
 _CHUNK = 64  # URIs per task sent to a worker process
 _IN_PROCESS_BELOW = 2 * _CHUNK
-
-
-class ImageError(Exception):
-    """A photo is not usable; `reason` is the quarantine code, `message` says why to a human."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    format: str
-    width: int
-    height: int
-    exif_orientation: int  # 1-8 as in the EXIF tag, 1 when absent; applied by the feature step
-    mode: str
 
 
 @dataclass(frozen=True)
@@ -108,8 +94,11 @@ class ImageStore:
         *,
         attempts: int = 4,
         backoff_s: float = 0.25,
+        allowed_roots: Iterable[str] = (),
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
         self.root = root
+        self.max_bytes = int(max_bytes)
         self.s3_endpoint = s3_endpoint or None
         self.region = region
         self.attempts = max(1, attempts)
@@ -127,6 +116,30 @@ class ImageStore:
         else:
             self._root_bucket = None
             self._root_prefix = os.path.abspath(os.path.expanduser(root.removeprefix("file://")))
+        self._extra_dirs: list[str] = []
+        self._buckets: set[str] = {self._root_bucket} if self._root_bucket else set()
+        for extra in (r.strip() for r in allowed_roots):
+            if extra.startswith("s3://"):
+                bucket = extra[len("s3://") :].partition("/")[0]
+                if not _BUCKET.match(bucket):
+                    raise ValueError(f"allowed image root {extra!r}: not an S3 bucket name")
+                self._buckets.add(bucket)
+            elif extra:
+                if _SCHEME.match(extra) and not extra.startswith("file://"):
+                    raise ValueError(f"allowed image root {extra!r}: use a folder or s3://bucket")
+                folder = extra.removeprefix("file://")
+                self._extra_dirs.append(os.path.abspath(os.path.expanduser(folder)))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageStore:
+        """The store the pipeline reads photos through (image check and embedding alike)."""
+        return cls(
+            settings.image_root,
+            settings.s3_endpoint,
+            settings.s3_region,
+            allowed_roots=settings.image_allowed_roots.split(","),
+            max_bytes=settings.max_image_bytes,
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -152,6 +165,12 @@ class ImageStore:
                     raise ImageError(
                         Reason.IMAGE_URI_INVALID, f"{uri!r} is not of the form s3://bucket/key"
                     )
+                if bucket not in self._buckets:
+                    raise ImageError(
+                        Reason.IMAGE_URI_INVALID,
+                        f"{uri!r}: bucket {bucket!r} is not the image root's or in "
+                        "POSTFLOW_IMAGE_ALLOWED_ROOTS",
+                    )
                 return bucket, key
             if scheme == "file":
                 if rest.startswith("localhost/"):
@@ -161,7 +180,7 @@ class ImageStore:
                         Reason.IMAGE_URI_INVALID,
                         f"{uri!r} is not of the form file:///absolute/path (no host allowed)",
                     )
-                return None, unquote(rest)
+                return None, self._confine(unquote(rest), uri)
             raise ImageError(
                 Reason.IMAGE_URI_INVALID,
                 f"unsupported scheme {scheme!r} in {uri!r}: use s3://, file:/// or a relative path",
@@ -176,12 +195,27 @@ class ImageStore:
         rel = posixpath.normpath(uri)
         if rel == ".." or rel.startswith("../") or rel == ".":
             raise ImageError(
-                Reason.IMAGE_URI_INVALID, f"{uri!r} points outside the image root {self.root!r}"
+                Reason.IMAGE_URI_INVALID,
+                f"{uri!r} points outside the image root {self.root!r}",
             )
         if self._root_bucket is not None:
             key = f"{self._root_prefix}/{rel}" if self._root_prefix else rel
             return self._root_bucket, key
-        return None, os.path.join(self._root_prefix, rel)
+        return None, self._confine(os.path.join(self._root_prefix, rel), uri)
+
+    def _confine(self, path: str, uri: str) -> str:
+        """The real path of `path` (every symlink resolved) when it lies in an allowed folder
+        and outside the system trees; IMAGE_URI_INVALID otherwise."""
+        real = os.path.realpath(path)
+        if any(_within(real, tree) for tree in SYSTEM_TREES):
+            raise ImageError(Reason.IMAGE_URI_INVALID, f"{uri!r} points into a system folder")
+        roots = [self._root_prefix] if self._root_bucket is None else []
+        if not any(_within(real, os.path.realpath(d)) for d in (*roots, *self._extra_dirs)):
+            raise ImageError(
+                Reason.IMAGE_URI_INVALID,
+                f"{uri!r} resolves outside the image root and POSTFLOW_IMAGE_ALLOWED_ROOTS",
+            )
+        return real
 
     # fetching
 
@@ -194,19 +228,54 @@ class ImageStore:
         return data
 
     def _read_local(self, path: str) -> bytes:
+        """At most `max_bytes` of a regular file: the size is checked before reading, and the
+        read stops one byte past the limit in case the file grows meanwhile."""
         try:
-            with open(path, "rb") as fh:
-                return fh.read()
+            info = os.stat(path)
+            self._check_file(path, info)
+            fd = os.open(path, _OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             raise ImageError(Reason.IMAGE_MISSING, f"no file {path}") from None
-        except IsADirectoryError:
-            raise ImageError(Reason.IMAGE_MISSING, f"{path} is a directory, not a file") from None
         except PermissionError as exc:
             raise ImageError(
-                Reason.IMAGE_UNREADABLE, f"no permission to read {path}: {exc}"
+                Reason.IMAGE_UNREADABLE, f"no permission to read {path}: {exc.strerror}"
             ) from None
+        except OSError as exc:  # ELOOP: a symlink swapped in after resolving
+            raise ImageError(Reason.IMAGE_UNREADABLE, f"cannot read {path}: {exc}") from None
+        try:
+            self._check_file(path, os.fstat(fd))  # the file opened is the file checked
+            parts, size = [], 0
+            while size <= self.max_bytes:
+                part = os.read(fd, min(_READ_BLOCK, self.max_bytes + 1 - size))
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
         except OSError as exc:
             raise ImageError(Reason.IMAGE_UNREADABLE, f"cannot read {path}: {exc}") from None
+        finally:
+            os.close(fd)
+        if size > self.max_bytes:
+            raise ImageError(
+                Reason.IMAGE_TOO_LARGE,
+                f"{path} grew past {self.max_bytes} bytes while read (POSTFLOW_MAX_IMAGE_BYTES)",
+            )
+        return b"".join(parts)
+
+    def _check_file(self, path: str, info: os.stat_result) -> None:
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(Reason.IMAGE_MISSING, f"{path} is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(
+                Reason.IMAGE_URI_INVALID,
+                f"{path} is not a regular file (device, FIFO or socket)",
+            )
+        if info.st_size > self.max_bytes:
+            raise ImageError(
+                Reason.IMAGE_TOO_LARGE,
+                f"{path} has {info.st_size} bytes, more than {self.max_bytes} "
+                "(POSTFLOW_MAX_IMAGE_BYTES)",
+            )
 
     @property
     def client(self) -> Any:
@@ -238,8 +307,14 @@ class ImageStore:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 obj = self.client.get_object(Bucket=bucket, Key=key)
-                data = obj["Body"].read()
                 expected = obj.get("ContentLength")
+                if expected is not None and expected > self.max_bytes:
+                    obj["Body"].close()  # the headers said it: no byte of the body is read
+                    raise ImageError(Reason.IMAGE_TOO_LARGE, self._too_large(where, expected))
+                data = obj["Body"].read(self.max_bytes + 1)
+                if len(data) > self.max_bytes:
+                    obj["Body"].close()
+                    raise ImageError(Reason.IMAGE_TOO_LARGE, self._too_large(where, None))
                 if expected is not None and len(data) != expected:
                     last = f"short read: {len(data)} of {expected} bytes"
                     continue
@@ -251,15 +326,21 @@ class ImageStore:
                     raise ImageError(Reason.IMAGE_MISSING, f"no object {where} ({code})") from None
                 if code not in _S3_TRANSIENT:
                     raise ImageError(
-                        Reason.IMAGE_UNREADABLE, f"cannot read {where}: {code} {err.get('Message')}"
+                        Reason.IMAGE_UNREADABLE,
+                        f"cannot read {where}: {code} {err.get('Message')}",
                     ) from None
                 last = f"{code} {err.get('Message', '')}".strip()
             except (BotoCoreError, OSError) as exc:
                 # connection refused/reset, timeouts, a body stream cut mid-read
                 last = f"{type(exc).__name__}: {exc}"
         raise ImageError(
-            Reason.IMAGE_UNREADABLE, f"cannot read {where} after {self.attempts} attempts: {last}"
+            Reason.IMAGE_UNREADABLE,
+            f"cannot read {where} after {self.attempts} attempts: {last}",
         )
+
+    def _too_large(self, where: str, size: int | None) -> str:
+        has = f"has {size} bytes" if size is not None else "is longer than its headers said"
+        return f"{where} {has}, more than {self.max_bytes} (POSTFLOW_MAX_IMAGE_BYTES)"
 
     # writing (the demo data): keys are paths relative to the root, as relative image_uri values
 
@@ -317,154 +398,8 @@ class ImageStore:
         return self.resolve(key)
 
 
-# -- checking --------------------------------------------------------------------------------
-
-
-def check_image(data: bytes, max_pixels: int, min_side: int) -> ImageInfo:
-    """Identify, size-check from the header, then decode the whole image; ImageError if unusable.
-
-    The pixel limit is checked before any decoding (decompression bombs). JPEG decodes at 1/8
-    scale: libjpeg still Huffman-decodes every coefficient, so a truncated or broken stream fails
-    exactly as it would at full size, at a fraction of the IDCT and colour-conversion cost.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    Image.init()  # registers every plugin, so `formats=` knows MPO, WEBP, AVIF...; once per process
-    fp = io.BytesIO(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(fp, formats=ACCEPTED_FORMATS)
-    except UnidentifiedImageError:
-        raise ImageError(
-            Reason.IMAGE_NOT_AN_IMAGE,
-            f"not a recognised image ({len(data)} bytes starting {data[:8]!r}); "
-            f"accepted: {', '.join(ACCEPTED_FORMATS)}",
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(Reason.IMAGE_TOO_LARGE, str(exc)) from None
-    except Exception as exc:  # a malformed header: Pillow raises many types here
-        raise ImageError(
-            Reason.IMAGE_CORRUPT, f"unreadable image header: {_describe(exc)}"
-        ) from None
-
-    with im:
-        fmt, mode = im.format or "unknown", im.mode
-        width, height = im.size
-        if width * height > max_pixels:
-            raise ImageError(
-                Reason.IMAGE_TOO_LARGE,
-                f"{fmt} {width}x{height} = {width * height} pixels exceeds {max_pixels}",
-            )
-        small = min(width, height) < min_side
-        also = f" (also smaller than {min_side} px: {width}x{height})" if small else ""
-        if fmt in ("JPEG", "MPO"):  # libjpeg's L, RGB and CMYK all convert to RGB
-            problem = jpeg_decode_problem(data, mode)
-            if problem:
-                raise ImageError(Reason.IMAGE_CORRUPT, problem + also)
-        else:
-            try:
-                im.load()
-            except Exception as exc:
-                raise ImageError(
-                    Reason.IMAGE_CORRUPT, _decode_message(exc, fmt, data) + also
-                ) from None
-            try:
-                im.convert("RGB")
-            except Exception as exc:
-                raise ImageError(
-                    Reason.IMAGE_CORRUPT,
-                    f"{fmt} mode {mode} cannot convert to RGB: {_describe(exc)}",
-                ) from None
-        if small:
-            raise ImageError(
-                Reason.IMAGE_TOO_SMALL, f"{fmt} {width}x{height}: a side is below {min_side} px"
-            )
-        orientation = 1
-        try:
-            value = im.getexif().get(0x0112, 1)
-            if isinstance(value, int) and 1 <= value <= 8:
-                orientation = value
-        except Exception:  # a broken EXIF block does not make the photo unusable
-            pass
-    return ImageInfo(fmt, width, height, orientation, mode)
-
-
-# libjpeg warnings that say nothing about the pixels: a file that only has these is clean.
-# Every other warning (premature end of file or of a data segment, bad Huffman code, lost
-# restart marker, extraneous bytes in scan data...) means damaged image data.
-_HARMLESS_LIBJPEG_WARNINGS = (
-    "unknown JFIF revision",
-    "Unknown Adobe color transform",
-    "bad ICC marker",
-    "Invalid SOS parameters for sequential JPEG",
-)
-# "N extraneous bytes before marker 0xd9" is padding when those N bytes before an EOI are one
-# repeated value (some encoders pad); otherwise the decoder lost sync in damaged scan data and
-# finished early: the commonest sign of garbage inside a scan.
-_EXTRANEOUS_BEFORE_EOI = re.compile(r"(\d+) extraneous bytes before marker 0xd9")
-
-
-def jpeg_decode_problem(data: bytes, mode: str) -> str | None:
-    """Decode a JPEG at 1/8 scale with libjpeg-turbo warnings as errors; what is wrong, or None.
-
-    1/8 scale still entropy-decodes every coefficient of every component, so damage anywhere in
-    the data shows, at a fraction of the IDCT and colour-conversion cost (2.3x a full Pillow
-    decode, bench/bench_images.py). Pillow drops libjpeg's warnings, and with them a bad
-    Huffman code or a premature end of scan data: such files "decode" into grey blocks. Here
-    those warnings fail the image, except the few that concern metadata only.
-    """
-    import simplejpeg
-
-    space = "CMYK" if mode == "CMYK" else "GRAY"  # grey output: chroma still entropy-decoded
-    kw = {"colorspace": space, "min_height": 1, "min_width": 1, "min_factor": 8}
-    try:
-        simplejpeg.decode_jpeg(data, strict=True, **kw)
-        return None
-    except ValueError as exc:
-        text = str(exc).strip() or type(exc).__name__
-    if any(harmless in text for harmless in _HARMLESS_LIBJPEG_WARNINGS) or _padded_eoi(data, text):
-        # TurboJPEG fails some of these even when not strict: Pillow, which ignores every
-        # warning, decides (still at 1/8 scale). Rare files, so the slower path is fine.
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.draft(im.mode, (1, 1))
-                im.load()
-            return None
-        except Exception as exc:
-            text = _describe(exc)
-    if "Premature end of JPEG file" in text:
-        return f"image file is truncated: JPEG data ends after {len(data)} bytes (libjpeg: {text})"
-    return f"JPEG decode failed: {text}"
-
-
-def _padded_eoi(data: bytes, warning: str) -> bool:
-    m = _EXTRANEOUS_BEFORE_EOI.search(warning)
-    if not m:
-        return False
-    n = int(m.group(1))
-    eoi = data.find(b"\xff\xd9", n)
-    while eoi >= 0:
-        if len(set(data[eoi - n : eoi])) == 1:
-            return True
-        eoi = data.find(b"\xff\xd9", eoi + 2)
-    return False
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _decode_message(exc: BaseException, fmt: str, data: bytes) -> str:
-    text = str(exc)
-    if "truncated" in text:
-        m = re.search(r"\((\d+) bytes not processed\)", text)
-        used = f", {int(m.group(1))} trailing bytes unprocessed" if m else ""
-        return f"image file is truncated: {fmt} data ends after {len(data)} bytes{used}"
-    return f"{fmt} decode failed: {_describe(exc)}"
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 # -- many at once ------------------------------------------------------------------------------
@@ -477,7 +412,14 @@ def check_uri(store: ImageStore, uri: str | None, max_pixels: int, min_side: int
     except ImageError as exc:
         return ImageResult(uri, exc.reason, exc.message)
     return ImageResult(
-        uri, None, "", info.format, info.width, info.height, info.exif_orientation, info.mode
+        uri,
+        None,
+        "",
+        info.format,
+        info.width,
+        info.height,
+        info.exif_orientation,
+        info.mode,
     )
 
 
@@ -508,7 +450,11 @@ def check_uris(uris: Sequence[str | None], settings: Settings) -> list[ImageResu
         ) as pool:
             return [r for part in pool.map(_check_chunk, chunks) for r in part]
     except BrokenProcessPool as exc:
-        log.warning("image worker pool broke (%s); checking %d images in-process", exc, len(uris))
+        log.warning(
+            "image worker pool broke (%s); checking %d images in-process",
+            exc,
+            len(uris),
+        )
         return _in_process(uris, settings)
 
 
@@ -518,7 +464,7 @@ def _in_process(uris: list[str | None], settings: Settings) -> list[ImageResult]
 
 
 def _store(settings: Settings) -> ImageStore:
-    return ImageStore(settings.image_root, settings.s3_endpoint, settings.s3_region)
+    return ImageStore.from_settings(settings)
 
 
 _worker: tuple[ImageStore, int, int] | None = None

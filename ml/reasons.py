@@ -13,10 +13,13 @@ class Reason(StrEnum):
     COUNT_NEGATIVE = "count_negative"
     TIMESTAMP_NULL = "timestamp_null"
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+    TIMESTAMPS_INCONSISTENT = "timestamps_inconsistent"  # updated before it was created
     TIMESTAMP_OUT_OF_WINDOW = "timestamp_out_of_window"
     # caption
+    # caption_null / caption_empty only when POSTFLOW_REQUIRE_CAPTION: a post may have none
     CAPTION_NULL = "caption_null"
     CAPTION_EMPTY = "caption_empty"
+    CAPTION_NOT_UTF8 = "caption_not_utf8"  # bytes the source returned were not UTF-8
     CAPTION_TOO_LONG = "caption_too_long"
     # image
     IMAGE_URI_INVALID = "image_uri_invalid"

@@ -111,7 +111,9 @@ def with_retries(fn, retries: int = 3, what: str = "operation", base_delay: floa
             code = exc.args[0] if exc.args else None
             if code in {1044, 1045, 1049}:  # access denied, unknown database: not transient
                 raise SourceError(f"cannot {what}: {exc.args[-1]}") from exc
-            if code not in TRANSIENT_MYSQL_CODES or attempt == retries:
+            if code not in TRANSIENT_MYSQL_CODES:  # the server answered: it is running
+                raise SourceError(f"cannot {what}: {exc.args[-1]} (MySQL error {code})") from exc
+            if attempt == retries:
                 raise SourceError(
                     f"cannot {what}: {exc.args[-1]} (MySQL error {code}). Is the server "
                     "running? Point postflow at it with POSTFLOW_MYSQL_URI="
@@ -234,7 +236,7 @@ def time_slices(start: datetime, end: datetime, n: int) -> list[tuple[datetime, 
 def window_stats(
     target: MySQLTarget, start: datetime, end: datetime, parallel: int = 1
 ) -> WindowStats:
-    """Rows and id bounds of the window: an index-only scan of `idx_posts_updated_at`.
+    """Rows and id bounds of the window: an index-only scan of the index on `updated_at`.
 
     On a busy day this scan is a fifth of the raw client's read time, so it is cut into
     `parallel` time slices scanned over as many connections at once (MySQLdb releases the GIL).
@@ -276,6 +278,36 @@ EXTRACT_PLANS = ("auto", "scan", "ranges")
 SCAN_MAX_OUTSIDE = 0.1
 
 
+def updated_at_index(cur: Any) -> str | None:
+    """The name of an index of `posts` whose first column is `updated_at`, from the catalog.
+
+    The table is the app's: its index may have any name, or not exist. Prefers the name our DDL
+    gives, then the one with the fewest columns (the cheapest to scan).
+    """
+    with_retries(
+        lambda: cur.execute(
+            "SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME = 'posts' AND INDEX_NAME IN (SELECT INDEX_NAME FROM "
+            "information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = "
+            "'posts' AND SEQ_IN_INDEX = 1 AND COLUMN_NAME = 'updated_at') GROUP BY INDEX_NAME "
+            "ORDER BY INDEX_NAME <> 'idx_posts_updated_at', COUNT(*), INDEX_NAME LIMIT 1"
+        ),
+        what="find the index on posts.updated_at",
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    name = row[0]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+_WARNED_NO_INDEX: set[str] = set()  # sources already warned about, once per process
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
 def choose_plan(target: MySQLTarget, start: datetime, end: datetime) -> str:
     """`scan` when at most ~10% of the table lies outside the window, else `ranges`.
 
@@ -283,22 +315,32 @@ def choose_plan(target: MySQLTarget, start: datetime, end: datetime) -> str:
     index-only count of the window, then reads only the window's id span. With the window half
     the table and its ids together (new posts), `ranges` took 2.2 s and `scan` 3.2 s; with it
     all of the table, `scan` is the faster by that count. What lies *outside* the window is
-    estimated by index dives on `idx_posts_updated_at` (`EXPLAIN`), which are accurate for small
-    ranges; an estimate of the window itself is not (InnoDB caps it at half the table).
+    estimated by index dives on the index on `updated_at` (`EXPLAIN`; found in the catalog
+    whatever its name), which are accurate for small ranges; an estimate of the window itself is
+    not (InnoDB caps it at half the table). Without such an index: `scan`, with a warning once.
     Both plans read exactly the same rows.
     """
     start, end = naive_utc(start), naive_utc(end)
     conn = target.connect()
     try:
         cur = conn.cursor()
+        index = updated_at_index(cur)
+        if index is None:
+            if target.describe() not in _WARNED_NO_INDEX:
+                _WARNED_NO_INDEX.add(target.describe())
+                log.warning(
+                    "posts has no index whose first column is updated_at: every extract reads "
+                    "the whole table (plan scan); an index on (updated_at, id) makes it cheap"
+                )
+            return "scan"
 
         def estimate(sql: str, params: tuple[Any, ...] = ()) -> int:
             with_retries(lambda: cur.execute("EXPLAIN " + sql, params), what="plan the extract")
             names = [d[0] for d in cur.description]
             return int(dict(zip(names, cur.fetchone(), strict=True))["rows"] or 0)
 
-        table = estimate("SELECT id FROM posts IGNORE INDEX (idx_posts_updated_at)")
-        hint = "SELECT id FROM posts FORCE INDEX (idx_posts_updated_at) WHERE updated_at"
+        table = estimate(f"SELECT id FROM posts IGNORE INDEX ({_quote(index)})")
+        hint = f"SELECT id FROM posts FORCE INDEX ({_quote(index)}) WHERE updated_at"
         outside = estimate(f"{hint} < %s", (start,)) + estimate(f"{hint} >= %s", (end,))
     finally:
         conn.close()
@@ -424,11 +466,52 @@ def _read_arrow(cx, uri: str, sql: str | list[str]) -> pa.Table:
 
 
 def conform(table: pa.Table) -> pa.Table:
-    """Cast whatever the driver returned to the raw schema (types differ by driver/version)."""
+    """Cast whatever the driver returned to the raw schema (types differ by driver/version).
+
+    The table is the app's, so its types are too: a text column declared binary (BLOB,
+    VARBINARY) may hold bytes that are not UTF-8: they become U+FFFD (the validator quarantines
+    such captions); unsigned counts beyond the int64 range become null (a count_null row, with
+    a warning) instead of failing the whole day.
+    """
     cols = []
     for f in RAW_SCHEMA:
         col = table.column(f.name)
         if pa.types.is_timestamp(col.type) and col.type.tz is not None:
             col = col.cast(pa.timestamp(col.type.unit, tz="UTC")).cast(pa.timestamp("us"))
+        elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+                col = _decode_utf8(f.name, col)
+        elif pa.types.is_unsigned_integer(col.type) and pa.types.is_signed_integer(f.type):
+            col = _fit_signed(f.name, col)
         cols.append(col.cast(f.type))
     return pa.Table.from_arrays(cols, schema=RAW_SCHEMA)
+
+
+def _decode_utf8(name: str, col: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    try:
+        return col.cast(pa.large_string())  # valid UTF-8: no Python objects
+    except pa.ArrowInvalid:
+        pass
+    values = col.to_pylist()
+    bad = 0
+    for i, v in enumerate(values):
+        if v is not None:
+            try:
+                values[i] = v.decode("utf-8")
+            except UnicodeDecodeError:
+                values[i] = v.decode("utf-8", errors="replace")
+                bad += 1
+    if bad:
+        log.warning("%d values of %s are not UTF-8: undecodable bytes became U+FFFD", bad, name)
+    return pa.array(values, pa.large_string())
+
+
+def _fit_signed(name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
+    import pyarrow.compute as pc
+
+    too_big = pc.greater(col, pa.scalar(2**63 - 1, col.type))
+    n = pc.sum(too_big).as_py() or 0
+    if n:
+        log.warning("%d values of %s exceed the int64 range: kept as null", n, name)
+        col = pc.if_else(too_big, pa.scalar(None, col.type), col)
+    return col

@@ -178,7 +178,8 @@ def validate_posts(
     """Validate one raw chunk (columns of `ml.source.RAW_SCHEMA`, naive-UTC timestamps).
 
     `window_start`/`window_end` bound `updated_at` as `[start, end)`; `now` bounds every
-    timestamp. Aware datetimes are converted to naive UTC. `min_rows` overrides
+    timestamp. Aware datetimes are converted to naive UTC. A NULL caption is a reason only with
+    `settings.require_caption`. `min_rows` overrides
     `settings.min_rows_error` (a day of several chunks checks its total elsewhere and passes 0).
     """
     t0 = time.perf_counter()
@@ -228,7 +229,9 @@ def validate_posts(
                 )
             )
         elif "reason" in meta:
-            if len(positions):
+            # a post without a caption is a valid post unless POSTFLOW_REQUIRE_CAPTION
+            optional = meta["reason"] == Reason.CAPTION_NULL and not settings.require_caption
+            if len(positions) and not optional:
                 row_failures.append(
                     _RowFailures(
                         positions=positions,
@@ -404,6 +407,7 @@ _ROW_MESSAGES: dict[str, Callable[[pd.DataFrame, str, dict, np.ndarray], list[st
     "expect_column_values_to_be_between": _msg_between,
     "expect_column_value_lengths_to_be_between": _msg_lengths,
     "expect_column_values_to_match_regex": _msg_regex,
+    "expect_column_values_to_not_match_regex": _msg_regex,
     "expect_column_pair_values_a_to_be_greater_than_b": _msg_pair_greater,
 }
 

@@ -15,13 +15,8 @@ import pytest
 from PIL import Image
 
 from ml.config import Settings
-from ml.images import (
-    ImageError,
-    ImageInfo,
-    ImageStore,
-    check_image,
-    check_uris,
-)
+from ml.image_decode import ImageError, ImageInfo, check_image
+from ml.images import ImageStore, check_uris
 from ml.reasons import Reason
 
 MAX_PIXELS = 40_000_000
@@ -340,8 +335,12 @@ def test_local_store(image_root: Path) -> None:
     store = ImageStore(str(image_root))
     assert store.fetch("2024/05/a.jpg")[:2] == b"\xff\xd8"
     assert store.fetch("./2024/../2024/05/a.jpg")[:2] == b"\xff\xd8"
-    absolute = image_root.parent / "outside.jpg"
-    assert store.fetch(f"file://{absolute}")[:2] == b"\xff\xd8"
+    inside = image_root / "2024" / "05" / "a.jpg"
+    assert store.fetch(f"file://{inside}")[:2] == b"\xff\xd8"
+    outside = image_root.parent / "outside.jpg"
+    assert fetch_reason(store, f"file://{outside}") is Reason.IMAGE_URI_INVALID
+    extra = ImageStore(str(image_root), allowed_roots=[str(image_root.parent)])
+    assert extra.fetch(f"file://{outside}")[:2] == b"\xff\xd8"
     assert fetch_reason(store, "2024/05/nope.jpg") is Reason.IMAGE_MISSING
     assert fetch_reason(store, "2024/05") is Reason.IMAGE_MISSING
     assert fetch_reason(store, "empty.jpg") is Reason.IMAGE_EMPTY
@@ -372,6 +371,32 @@ def test_local_store(image_root: Path) -> None:
 )
 def test_invalid_uris(image_root: Path, uri: str | None) -> None:
     assert fetch_reason(ImageStore(str(image_root)), uri) is Reason.IMAGE_URI_INVALID
+
+
+def test_messages_never_quote_the_bytes_of_a_file(image_root: Path) -> None:
+    secret = b"SHELL=/bin/bash\0AWS_SECRET_ACCESS_KEY=hunter2\0"
+    (image_root / "environ.jpg").write_bytes(secret)
+    result = check_uris(["environ.jpg"], Settings(image_root=str(image_root), image_workers=1))[0]
+    assert result.reason is Reason.IMAGE_NOT_AN_IMAGE
+    assert "SHELL" not in result.message and "hunter2" not in result.message
+
+
+def test_a_file_over_the_byte_limit_is_too_large(image_root: Path) -> None:
+    store = ImageStore(str(image_root), max_bytes=10)
+    (image_root / "big.jpg").write_bytes(b"x" * 11)
+    assert fetch_reason(store, "big.jpg") is Reason.IMAGE_TOO_LARGE
+    (image_root / "fits.jpg").write_bytes(b"x" * 10)
+    assert store.fetch("fits.jpg") == b"x" * 10
+
+
+def test_from_settings_confines_like_the_image_check(tmp_path: Path) -> None:
+    store = ImageStore.from_settings(
+        Settings(image_root=str(tmp_path), image_allowed_roots=f"{tmp_path}/extra, s3://cdn-x")
+    )
+    assert fetch_reason(store, "file:///etc/passwd") is Reason.IMAGE_URI_INVALID
+    assert fetch_reason(store, f"file://{tmp_path}/extra/nope.jpg") is Reason.IMAGE_MISSING
+    assert store.resolve("s3://cdn-x/a.jpg") == ("cdn-x", "a.jpg")
+    assert fetch_reason(store, "s3://cdn-y/a.jpg") is Reason.IMAGE_URI_INVALID
 
 
 def test_check_uris_in_process_keeps_order(image_root: Path) -> None:
@@ -478,7 +503,7 @@ def test_s3_uris_and_relative_under_s3_root(s3_endpoint: str, bucket: str) -> No
         "2024/b.webp",
         "2024/missing.jpg",
         f"s3://{bucket}/posts/nope.jpg",
-        "s3://no-such-bucket/a.jpg",
+        "s3://no-such-bucket/a.jpg",  # not the root's bucket: never asked for
         "empty.jpg",
         "cut.jpg",
         "../../etc/passwd",
@@ -488,11 +513,17 @@ def test_s3_uris_and_relative_under_s3_root(s3_endpoint: str, bucket: str) -> No
         None,
         Reason.IMAGE_MISSING,
         Reason.IMAGE_MISSING,
-        Reason.IMAGE_MISSING,
+        Reason.IMAGE_URI_INVALID,
         Reason.IMAGE_EMPTY,
         Reason.IMAGE_CORRUPT,
         Reason.IMAGE_URI_INVALID,
     ]
+
+
+def test_s3_object_over_the_byte_limit_is_too_large(s3_endpoint: str, bucket: str) -> None:
+    store = ImageStore(f"s3://{bucket}/posts", s3_endpoint, max_bytes=len(jpeg()) - 1)
+    assert fetch_reason(store, "2024/a.jpg") is Reason.IMAGE_TOO_LARGE
+    assert ImageStore(f"s3://{bucket}/posts", s3_endpoint).fetch("2024/a.jpg") == jpeg()
 
 
 def test_s3_unreachable_is_unreadable() -> None:

@@ -29,7 +29,7 @@ START = datetime(2024, 5, 1)
 END = datetime(2024, 5, 2)
 NOW = datetime(2024, 5, 2, 2, 0)
 MAX_CHARS = 40
-SETTINGS = Settings(caption_max_chars=MAX_CHARS)
+SETTINGS = Settings(caption_max_chars=MAX_CHARS, require_caption=True)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -118,7 +118,7 @@ BAD = {
     "created-future": (row(15, created_at=NOW + timedelta(days=1)), Reason.TIMESTAMP_IN_FUTURE),
     "created-after-updated": (
         row(16, created_at=START + timedelta(hours=2), updated_at=START + timedelta(hours=1)),
-        Reason.TIMESTAMP_IN_FUTURE,
+        Reason.TIMESTAMPS_INCONSISTENT,
     ),
     "updated-at-end": (row(17, updated_at=END), Reason.TIMESTAMP_OUT_OF_WINDOW),
     "updated-before": (
@@ -127,6 +127,7 @@ BAD = {
     ),
     "caption-null": (row(19, caption=None), Reason.CAPTION_NULL),
     "caption-long": (row(20, caption="x" * (MAX_CHARS + 1)), Reason.CAPTION_TOO_LONG),
+    "caption-not-utf8": (row(28, caption="caf\ufffd"), Reason.CAPTION_NOT_UTF8),
     "uri-null": (row(21, image_uri=None), Reason.IMAGE_URI_INVALID),
     "uri-http": (row(22, image_uri="http://cdn/x.jpg"), Reason.IMAGE_URI_INVALID),
     "uri-absolute": (row(23, image_uri="/etc/passwd"), Reason.IMAGE_URI_INVALID),
@@ -226,6 +227,12 @@ def test_many_null_captions_warn() -> None:
     assert (out.row_reasons["reason"] == "caption_null").sum() == 2
 
 
+def test_a_null_caption_is_valid_unless_required() -> None:
+    df = frame([row(1, caption=None), row(2)])
+    assert validate(df, Settings(caption_max_chars=MAX_CHARS)).row_reasons.empty
+    assert validate(df).row_reasons["reason"].tolist() == ["caption_null"]
+
+
 def test_empty_frame() -> None:
     empty = RAW_SCHEMA.empty_table().to_pandas()
     out = validate(empty)
@@ -259,9 +266,10 @@ EXPECTED_ROW_LEVEL = [
     ("expect_column_values_to_not_be_null", "updated_at", Reason.TIMESTAMP_NULL),
     ("expect_column_values_to_be_between", "created_at", Reason.TIMESTAMP_IN_FUTURE),
     ("expect_column_values_to_be_between", "updated_at", Reason.TIMESTAMP_IN_FUTURE),
-    ("expect_column_pair_values_a_to_be_greater_than_b", None, Reason.TIMESTAMP_IN_FUTURE),
+    ("expect_column_pair_values_a_to_be_greater_than_b", None, Reason.TIMESTAMPS_INCONSISTENT),
     ("expect_column_values_to_be_between", "updated_at", Reason.TIMESTAMP_OUT_OF_WINDOW),
     ("expect_column_values_to_not_be_null", "caption", Reason.CAPTION_NULL),
+    ("expect_column_values_to_not_match_regex", "caption", Reason.CAPTION_NOT_UTF8),
     ("expect_column_value_lengths_to_be_between", "caption", Reason.CAPTION_TOO_LONG),
     ("expect_column_values_to_not_be_null", "image_uri", Reason.IMAGE_URI_INVALID),
     ("expect_column_values_to_match_regex", "image_uri", Reason.IMAGE_URI_INVALID),
@@ -324,7 +332,7 @@ def test_expectations_dir_env_override(tmp_path: Path, monkeypatch) -> None:
         (lambda exps: exps[-1]["meta"].update(reason="nope"), "not an ml.reasons.Reason"),
         (lambda exps: exps[0]["meta"].update(severity="fatal"), "severity must be one of"),
         (lambda exps: exps[-1].update(meta={}), "exactly one of"),
-        (lambda exps: exps[-1].update(type="expect_column_to_be_pretty"), "built 18 of 19"),
+        (lambda exps: exps[-1].update(type="expect_column_to_be_pretty"), "built 19 of 20"),
     ],
 )
 def test_malformed_suite_is_refused(tmp_path: Path, mutate, match: str) -> None:
