@@ -1,10 +1,12 @@
-"""Drift of a week against a training window: has what the model sees moved since it trained?
+"""Drift of a week against the four weeks before it: has what the model sees moved lately?
 
 The weekly report compares this week's matured labels and this week's embeddings with those of
-the champion's training window (else the window before the week). Everything is a population
-stability index (PSI) over the same bins, flagged above `settings.drift_psi_threshold` with a
-sentence a reader can act on. Statistics first (`psi`, `quantile_bins`, `binned`,
-`embedding_drift`), then what the report shows (`drift_section`). Read-only, keyed by an ISO week.
+the four weeks before the week (`DRIFT_REFERENCE_WEEKS`). Not with the champion's training
+window: a model trained on data up to the week's end has the week in its window, which would
+compare the week with itself and hide its change. Everything is a population stability index
+(PSI) over the same bins, flagged above `settings.drift_psi_threshold` with a sentence a reader
+can act on. Statistics first (`psi`, `quantile_bins`, `binned`, `embedding_drift`), then what the
+report shows (`drift_section`). Read-only, keyed by an ISO week.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ml.labels import bin_labels, bin_names, histogram, load_labels
 from ml.weeks import Week
 
 DRIFT_SAMPLE_ROWS = 10_000  # embeddings read per window for the drift statistics
+DRIFT_REFERENCE_WEEKS = 4  # the week is compared with this many weeks before it
 DRIFT_BINS = 10
 PSI_EPS = 1e-4
 
@@ -87,7 +90,7 @@ def embedding_drift(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
     return out
 
 
-# -- the week against the training window -------------------------------------------------------
+# -- the week against the weeks before it -------------------------------------------------------
 
 
 def _labels(lake: Any, start: str, end: str, label_age_days: int):
@@ -98,12 +101,19 @@ def _labels(lake: Any, start: str, end: str, label_age_days: int):
         return None
 
 
-def week_labels(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> np.ndarray | None:
-    """Classes of the labels that matured this week: posts created in
-    [week start - label age, week end - label age), latest snapshot up to the week's end."""
+def reference_window(week: Week, weeks: int = DRIFT_REFERENCE_WEEKS) -> tuple[date, date]:
+    """(first day, last day) of the `weeks` weeks before `week`."""
+    return week.start - timedelta(weeks=weeks), week.start - timedelta(days=1)
+
+
+def matured_labels(
+    lake: Any, settings: Any, first_day: date, last_day: date, edges: Sequence[int]
+) -> np.ndarray | None:
+    """Classes of the labels that matured in first_day..last_day: posts created in
+    [first_day - label age, last_day + 1 - label age), latest snapshot up to last_day."""
     age = timedelta(days=settings.label_age_days)
-    first = week.start - age
-    t = _labels(lake, first.isoformat(), week.last_day.isoformat(), settings.label_age_days)
+    first = first_day - age
+    t = _labels(lake, first.isoformat(), last_day.isoformat(), settings.label_age_days)
     if t is None or t.num_rows == 0:
         return None
     created = t["created_at"].to_numpy().astype("datetime64[us]")
@@ -117,31 +127,28 @@ def drift_section(
     lake: Any,
     settings: Any,
     week: Week,
-    champion: dict[str, Any] | None,
     edges: Sequence[int],
     max_rows: int = DRIFT_SAMPLE_ROWS,
 ) -> dict[str, Any]:
-    """The report's `drift` section: labels and embeddings of `week` against the champion's
-    training window (else the `train_window_days` before the week), with plain-language flags."""
+    """The report's `drift` section: labels and embeddings of `week` against the four weeks
+    before it (`reference_window`), with plain-language flags."""
     threshold = settings.drift_psi_threshold
-    if champion and champion.get("window"):
-        ref_window, ref_source = tuple(champion["window"]), f"champion v{champion['version']}"
-    else:
-        end = week.start - timedelta(days=1)
-        start = end - timedelta(days=settings.train_window_days - 1)
-        ref_window, ref_source = (start.isoformat(), end.isoformat()), "the window before the week"
+    first, last = reference_window(week)
+    ref_window = (first.isoformat(), last.isoformat())
+    ref_text = f"the {DRIFT_REFERENCE_WEEKS} weeks before ({ref_window[0]} to {ref_window[1]})"
     out: dict[str, Any] = {
         "threshold": threshold,
         "reference_window": list(ref_window),
-        "reference_source": ref_source,
+        "reference_weeks": DRIFT_REFERENCE_WEEKS,
+        "reference_source": f"the {DRIFT_REFERENCE_WEEKS} weeks before the week",
         "labels": None,
         "embeddings": {},
         "flags": [],
     }
-    ref_t = _labels(lake, *ref_window, settings.label_age_days)
-    cur_y = week_labels(lake, settings, week, edges)
-    if ref_t is not None and ref_t.num_rows and cur_y is not None and len(cur_y):
-        ref_h = histogram(bin_labels(ref_t["comment_count"].to_numpy(), edges), len(edges))
+    ref_y = matured_labels(lake, settings, first, last, edges)
+    cur_y = matured_labels(lake, settings, week.start, week.last_day, edges)
+    if ref_y is not None and len(ref_y) and cur_y is not None and len(cur_y):
+        ref_h = histogram(ref_y, len(edges))
         cur_h = histogram(cur_y, len(edges))
         total, per_bin = psi(ref_h, cur_h)
         out["labels"] = {
@@ -157,17 +164,12 @@ def drift_section(
             worst = int(np.argmax(np.abs(per_bin)))
             then, now = out["labels"]["reference_share"][worst], out["labels"]["week_share"][worst]
             out["flags"].append(
-                f"The labels that settled this week are distributed differently from the "
-                f"training window (PSI {total:.2f} > {threshold:.2f}); the largest change is in "
+                f"The labels that settled this week are distributed differently from "
+                f"{ref_text} (PSI {total:.2f} > {threshold:.2f}); the largest change is in "
                 f"the bin of {bin_names(edges)[worst]} comments: {then:.1%} of posts then, "
                 f"{now:.1%} now."
             )
-    ref_d = [
-        (date.fromisoformat(ref_window[0]) + timedelta(days=i)).isoformat()
-        for i in range(
-            (date.fromisoformat(ref_window[1]) - date.fromisoformat(ref_window[0])).days + 1
-        )
-    ]
+    ref_d = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
     ref_x = sample_features(lake, ref_d, max_rows)
     cur_x = sample_features(lake, week.days, max_rows)
     if ref_x is not None and cur_x is not None and min(len(ref_x[0]), len(cur_x[0])) >= 2:
@@ -178,8 +180,8 @@ def drift_section(
             if d["drifted"]:
                 which = "length" if d["psi_norm"] >= d["psi_pc1"] else "main direction"
                 out["flags"].append(
-                    f"The {name} embeddings of this week's posts differ from the training "
-                    f"window (PSI {d['psi']:.2f} > {threshold:.2f}, in their {which}): the "
+                    f"The {name} embeddings of this week's posts differ from {ref_text} "
+                    f"(PSI {d['psi']:.2f} > {threshold:.2f}, in their {which}): the "
                     f"{name}s look different, the model may be less accurate on them."
                 )
     return out

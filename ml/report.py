@@ -3,9 +3,10 @@
 Three steps, each runnable alone and each keyed by an ISO week (`ml.weeks.Week`, `2026-W47`,
 Monday to Sunday UTC), so that Airflow can retry each one without redoing the others:
 
-1. `build_report`: gather the week's numbers (`ml.report_data`), draw the charts
-   (`ml.report_charts`), render them (`ml.report_render`) and archive everything to
-   `<lake>/reports/week=YYYY-Www/` (`ml.report_archive`). Re-running a week replaces its report.
+1. `build_report`: gather the week's numbers (`ml.report_data`), fetch the thumbnails of the
+   champion's mistakes (`ml.report_explain`), draw the charts (`ml.report_charts`), render them
+   (`ml.report_render`) and archive everything to `<lake>/reports/week=YYYY-Www/`
+   (`ml.report_archive`). Re-running a week replaces its report.
 2. `send_report`: read the archived report back (checksums verified) and email it
    (`ml.report_email`). It never rebuilds: a mail failure is retried on the same archived
    report, which it cannot lose.
@@ -31,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from ml.config import ConfigError, Settings, addresses
+from ml.images import ImageStore
 from ml.lake import Lake
 from ml.registry import FINAL_METRICS, connect, experiment_id
 from ml.report_archive import ArchivedReport, WeeklyReport, archive, read_archive
 from ml.report_charts import draw_all
 from ml.report_data import collect
 from ml.report_email import SmtpParams, build_email, report_link, send_email
+from ml.report_explain import thumbnails
 from ml.weeks import Week
 
 log = logging.getLogger(__name__)
@@ -62,19 +65,27 @@ def build(
     lake: Any = None,
     client: Any = None,
     now: datetime | None = None,
+    images: ImageStore | None = None,
     **collect_kwargs: Any,
 ) -> WeeklyReport:
-    """Gather the numbers and draw the charts of `week` (no side effects)."""
+    """Gather the numbers, fetch the mistakes' thumbnails and draw the charts of `week` (no
+    side effects)."""
     lake = lake or Lake.from_settings(settings)
     client = client or connect(settings)
     data = collect(settings, lake, client, week, now=now, **collect_kwargs)
+    t0 = time.perf_counter()
+    thumbs: dict[str, bytes] = {}
+    if data["errors"] and data["errors"]["mistakes"]:
+        store = images or ImageStore(settings.image_root, settings.s3_endpoint, settings.s3_region)
+        thumbs = thumbnails(store, data["errors"]["mistakes"])
+    data["timings_s"]["thumbnails"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     charts = draw_all(data)
     data["timings_s"]["charts"] = round(time.perf_counter() - t0, 3)
     data["charts"] = [
         {"name": c.name, "title": c.title, "alt": c.alt, "file": f"{c.name}.png"} for c in charts
     ]
-    return WeeklyReport(week, data, charts)
+    return WeeklyReport(week, data, charts, thumbs)
 
 
 # -- MLflow -------------------------------------------------------------------------------------
@@ -142,6 +153,8 @@ def log_archived(settings: Any, archived: ArchivedReport, client: Any = None) ->
         (root / "report.txt").write_text(archived.text)
         for name, png in archived.images.items():
             (root / f"{name}.png").write_bytes(png)
+        for name, jpeg in archived.thumbnails.items():
+            (root / f"{name}.jpg").write_bytes(jpeg)
         client.log_artifacts(run_id, tmp, "report")
     client.set_terminated(run_id)
     return run_id

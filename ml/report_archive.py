@@ -4,9 +4,10 @@ The archive is the report of record: `build_report` writes it before anything is
 email and the MLflow run are made from it, read back with its checksums verified, never rebuilt.
 So a mail failure is retried on the same report, and what was mailed is what was archived.
 
-Files: `report.json` (every number), one PNG per chart, `report.html` (self-contained: images as
-data: URIs, readable from a time-limited link), `report.txt`, and `_manifest.json` written last
-with each file's sha256. Re-running a week replaces its report (stale files are deleted).
+Files: `report.json` (every number), one PNG per chart, one JPEG thumbnail per photo of the error
+analysis, `report.html` (self-contained: images as data: URIs, readable from a time-limited link),
+`report.txt`, and `_manifest.json` written last with each file's sha256. Re-running a week replaces
+its report (stale files are deleted).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import logging
 import posixpath
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
 CONTENT_TYPES = {
     ".png": "image/png",
+    ".jpg": "image/jpeg",
     ".json": "application/json",
     ".html": "text/html; charset=utf-8",
     ".txt": "text/plain; charset=utf-8",
@@ -39,11 +41,12 @@ CONTENT_TYPES = {
 
 @dataclass
 class WeeklyReport:
-    """A built report: the numbers and the charts, before archiving."""
+    """A built report: the numbers, the charts and the thumbnails, before archiving."""
 
     week: Week
     data: dict[str, Any]
     charts: list[Chart]
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # name -> JPEG
 
 
 @dataclass
@@ -56,6 +59,7 @@ class ArchivedReport:
     images: dict[str, bytes]  # chart name -> PNG
     html: str
     text: str
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # name -> JPEG
 
 
 def report_dir(lake: Any, week: Week) -> str:
@@ -66,10 +70,10 @@ def report_uri(lake: Any, week: Week) -> str:
     return lake.uri(DATASET_REPORTS, f"week={week.label}")
 
 
-def _data_uri(png: bytes) -> str:
+def _data_uri(body: bytes, mime: str = "image/png") -> str:
     import base64
 
-    return "data:image/png;base64," + base64.b64encode(png).decode()
+    return f"data:{mime};base64," + base64.b64encode(body).decode()
 
 
 def _write(lake: Any, path: str, data: bytes) -> None:
@@ -89,12 +93,13 @@ def archive(lake: Any, report: WeeklyReport) -> str:
     if not lake.is_s3:  # on S3 a "directory" would be an empty marker object
         lake.fs.create_dir(base, recursive=True)
     t0 = time.perf_counter()
-    html = render_html(
-        report.data, {c.name: _data_uri(c.png) for c in report.charts}, None, uri
-    ).encode()
+    images = {c.name: _data_uri(c.png) for c in report.charts}
+    images |= {n: _data_uri(b, "image/jpeg") for n, b in report.thumbnails.items()}
+    html = render_html(report.data, images, None, uri).encode()
     text = render_text(report.data).encode()
     report.data["timings_s"]["render"] = round(time.perf_counter() - t0, 3)
     files: dict[str, bytes] = {f"{c.name}.png": c.png for c in report.charts}
+    files |= {f"{n}.jpg": b for n, b in report.thumbnails.items()}
     files["report.html"] = html
     files["report.txt"] = text
     files["report.json"] = json.dumps(report.data, indent=2, default=str).encode()
@@ -108,6 +113,7 @@ def archive(lake: Any, report: WeeklyReport) -> str:
             n: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)} for n, b in files.items()
         },
         "charts": [c.name for c in report.charts],
+        "thumbnails": sorted(report.thumbnails),
         "code_version": code_version(),
         "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -150,4 +156,5 @@ def read_archive(lake: Any, week: Week) -> ArchivedReport:
         images={n: files[f"{n}.png"] for n in manifest["charts"]},
         html=files["report.html"].decode(),
         text=files["report.txt"].decode(),
+        thumbnails={n: files[f"{n}.jpg"] for n in manifest.get("thumbnails", [])},
     )

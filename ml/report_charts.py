@@ -127,12 +127,66 @@ def model_history(history: dict[str, Any]) -> Chart | None:
     alt = (
         f"Line charts of test accuracy and macro-F1 of {len(rows)} model versions since "
         f"{history['since']}"
-        + (f", champion v{champ[0]['version']} starred" if champ else ", no champion among them")
-        + ", with the majority-class and logistic baselines as dashed and dotted lines."
+        + (
+            f", champion v{champ[0]['version']} starred (accuracy "
+            f"{num(champ[0]['mlp']['accuracy'])}, macro-F1 {num(champ[0]['mlp']['macro_f1'])})"
+            if champ
+            else ", no champion among them"
+        )
+        + ", with the majority-class and logistic baselines as dashed and dotted lines; the "
+        "numbers are in the table below."
     )
     return Chart(
         "model_history", f"Model versions, last {history['weeks']} weeks", alt, png(fig, DPI)
     )
+
+
+def learning_curves(curves: dict[str, Any] | None) -> Chart | None:
+    if not curves or not curves["epochs"]:
+        return None
+    nan = float("nan")
+    x = curves["epochs"]
+    fig, axes = _figure(3.0, ncols=2, sharex=True)
+    best = curves["best_epoch"]
+    for ax, kind, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+        for split, style in (("train", "-"), ("val", "--")):
+            ys = curves[f"{split}_{kind}"]
+            if all(v is None for v in ys):
+                continue
+            label = "train" if split == "train" else "validation"
+            ys = [nan if v is None else v for v in ys]
+            color = COLORS["train" if split == "train" else "test"]
+            marker = "o" if len(x) <= 20 else None  # one epoch alone is a point, not a line
+            ax.plot(x, ys, style, color=color, label=label, marker=marker, ms=3)
+        if best is not None:
+            ax.axvline(best, color="#8C8C8C", ls=":", lw=1, label=f"best epoch {best}")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(frameon=False, fontsize=7)
+    if all(v is None for v in curves["train_accuracy"]):
+        axes[1].text(
+            0.5,
+            0.05,
+            "train accuracy not logged",
+            transform=axes[1].transAxes,
+            ha="center",
+            fontsize=7,
+            color="#8C8C8C",
+        )
+    i = x.index(best) if best in x else None
+    at = (
+        f"; validation loss {num(curves['val_loss'][i], 4)} and accuracy "
+        f"{num(curves['val_accuracy'][i])} at the best epoch {best}"
+        if i is not None
+        else ""
+    )
+    alt = (
+        f"Learning curves of v{curves['version']} over {len(x)} epochs{at}; the numbers per "
+        "epoch are in the table below."
+    )
+    return Chart("learning_curves", f"Learning curves of v{curves['version']}", alt, png(fig, DPI))
 
 
 def confusion(evaluation: dict[str, Any] | None, edges: Sequence[int]) -> Chart | None:
@@ -222,7 +276,11 @@ def drift(drift_: dict[str, Any], edges: Sequence[int]) -> Chart | None:
         names = bin_names(edges)
         x = np.arange(len(names))
         ax.bar(
-            x - 0.2, lab["reference_share"], 0.4, color=COLORS["reference"], label="training window"
+            x - 0.2,
+            lab["reference_share"],
+            0.4,
+            color=COLORS["reference"],
+            label=f"{drift_['reference_weeks']} weeks before",
         )
         ax.bar(x + 0.2, lab["week_share"], 0.4, color=COLORS["week"], label="this week")
         ax.set_xticks(x, names, rotation=45, fontsize=7)
@@ -252,12 +310,19 @@ def drift(drift_: dict[str, Any], edges: Sequence[int]) -> Chart | None:
         ax.set_axis_off()
     ax.spines[["top", "right"]].set_visible(False)
     alt = (
-        "Drift against the training window: label shares side by side"
-        + (f" (PSI {lab['psi']:.3f})" if lab else "")
-        + " and the PSI of the image and caption embeddings against the threshold "
-        + f"{drift_['threshold']:g}."
+        f"Drift against the {drift_['reference_weeks']} weeks before: label shares side by side"
+        + (f" (PSI {num(lab['psi'], 4)})" if lab else "")
+        + (
+            " and the PSI of the embeddings ("
+            + ", ".join(f"{name} {num(v, 4)}" for name, v in bars)
+            + ")"
+            if bars
+            else ""
+        )
+        + f" against the threshold {drift_['threshold']:g}; the numbers are in the tables below."
     )
-    return Chart("drift", "Drift against the training window", alt, png(fig, DPI))
+    title = f"Drift against the {drift_['reference_weeks']} weeks before"
+    return Chart("drift", title, alt, png(fig, DPI))
 
 
 def draw_all(report: dict[str, Any]) -> list[Chart]:
@@ -266,6 +331,7 @@ def draw_all(report: dict[str, Any]) -> list[Chart]:
     charts = [
         label_histogram(report["labels"]),
         model_history(report["history"]),
+        learning_curves(report.get("curves")),
         confusion(report["evaluation"], edges),
         quality(report["quality"]),
         drift(report["drift"], edges),

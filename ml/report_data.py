@@ -15,9 +15,13 @@ Sections (keys of the dict `collect` returns):
 - `history`: every registered model version whose training window ended in the last
   `report_weeks` weeks, with its test metrics and those of the two baselines of the same run.
 - `champion`: the champion at the end of the week (see `pick_champion`) and what it trained on.
+- `curves`: per-epoch train/validation loss and accuracy of the newest version (MLflow metric
+  history, `ml.report_explain`).
 - `evaluation`: the champion's confusion matrix and per-class recall on the current test split,
   evaluated live on the lake's features, else (said so) the test metrics logged at training.
-- `drift`: this week against the champion's training window (`ml.drift.drift_section`).
+- `errors`: the pairs of bins the champion confuses most, and its most confident mistakes with
+  their posts (`ml.report_explain`; thumbnails are added by `ml.report.build`).
+- `drift`: this week against the four weeks before it (`ml.drift.drift_section`).
 - `decisions`: promotion decisions on the versions trained on this week's data.
 """
 
@@ -41,6 +45,7 @@ from ml.labels import DEFAULT_EDGES
 from ml.lake import code_version
 from ml.model import metrics_from_predictions
 from ml.registry import CHAMPION, FINAL_METRICS, MODELS, connect, load_version
+from ml.report_explain import confident_mistakes, errors_section, learning_curves
 from ml.schema import DATASET_CLEAN, DATASET_QUARANTINE, DATASET_RAW
 from ml.weeks import Week
 
@@ -210,6 +215,7 @@ def version_info(client: Any, mv: Any) -> dict[str, Any]:
         # the data date of a version: the end of its training window (else its creation day)
         "date": window[1] if window else (created or "")[:10],
         "rows": _finite(metrics.get("rows")),
+        "best_epoch": _finite(metrics.get("best_epoch")),
         "split_rows": {s: _finite(metrics.get(f"split_{s}_rows")) for s in SPLITS},
         "edges": _edges_of_tag(tags.get("postflow.edges")),
         "image_weights": tags.get("postflow.image_weights"),
@@ -363,13 +369,17 @@ def evaluation_section(
         return None, notes
     live_error = None
     if split is not None and (split.split == "test").any():
-        X, y, missing = test_features(lake, split)
+        data = split_features(lake, split, ("test",))
+        X, y = data.X, data.y
+        missing = split.size("test") - len(y)
         if len(X):
             try:
                 proba = np.asarray(load_model(settings, champion["version"]).predict(X))
                 m = metrics_from_predictions(
                     y, proba.argmax(axis=1), max(n_classes, proba.shape[1])
                 )
+                ds = split.ds[np.searchsorted(split.ids, data.post_ids)]
+                mistakes = confident_mistakes(data.post_ids, y, proba, ds)
                 return {
                     "source": "live",
                     "source_text": (
@@ -380,6 +390,7 @@ def evaluation_section(
                     ),
                     "window": list(split.window),
                     "missing_features": missing,
+                    "mistakes": mistakes,
                     **m,
                 }, notes
             except Exception as exc:  # report what went wrong, fall back to the logged metrics
@@ -463,7 +474,10 @@ def collect(
         "evaluation",
         lambda: evaluation_section(lake, settings, champion, split, logged, load_model, len(edges)),
     )
-    drift = timed("drift", lambda: drift_section(lake, settings, week, champion, edges, drift_rows))
+    mistakes = (evaluation or {}).pop("mistakes", None)
+    errors = timed("errors", lambda: errors_section(lake, evaluation, mistakes))
+    curves = timed("curves", lambda: learning_curves(client, versions, week))
+    drift = timed("drift", lambda: drift_section(lake, settings, week, edges, drift_rows))
 
     if quality["totals"]["days_with_data"] == 0:
         notes.append(
@@ -480,7 +494,7 @@ def collect(
     if champion is None:
         notes.append(
             "No champion: no model had been promoted by the end of the week, so there is no "
-            "confusion matrix and drift is measured against the window before the week."
+            "confusion matrix and no error analysis."
         )
     if split is None:
         notes.append(
@@ -522,7 +536,9 @@ def collect(
         "labels": labels_section(split, settings, week, edges),
         "history": history,
         "champion": champion_out,
+        "curves": curves,
         "evaluation": evaluation,
+        "errors": errors,
         "drift": drift,
         "decisions": decisions,
         "timings_s": timings,

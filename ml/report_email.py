@@ -1,11 +1,12 @@
 """The weekly report by email: the message, the SMTP parameters, sending, and the link to the
 archived report.
 
-The message is made from the archived report only (`ml.report_archive.read_archive`): HTML with
-the charts as inline `cid:` parts, a plain-text alternative, and a fresh time-limited link to the
-archived HTML when the lake is on S3 (SigV4 presigned URLs last at most 7 days). Sending uses
-smtplib and raises on any SMTP error, for the caller (Airflow) to retry. Airflow passes its
-`smtp_default` connection in as `SmtpParams`; `ml` never imports Airflow.
+The message is made from the archived report only (`ml.report_archive.read_archive`): HTML with the
+charts (PNG) and the error analysis's photo thumbnails (JPEG) as inline `cid:` parts, a plain-text
+alternative, and a fresh time-limited link to the archived HTML when the lake is on S3 (SigV4
+presigned URLs last at most 7 days). Sending uses smtplib and raises on any SMTP error, for the
+caller (Airflow) to retry. Airflow passes its `smtp_default` connection in as `SmtpParams`; `ml`
+never imports Airflow.
 """
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ def build_email(
     recipients: list[str],
     link: dict[str, Any] | None = None,
 ) -> EmailMessage:
-    """multipart/alternative: text/plain, then multipart/related (text/html + inline PNGs, each
-    with the Content-ID its `<img src="cid:...">` names)."""
+    """multipart/alternative: text/plain, then multipart/related (text/html + inline PNGs and
+    JPEGs, each with the Content-ID its `<img src="cid:...">` names)."""
     week = archived.week
-    cids = {n: content_id(n, week) for n in archived.images}
+    cids = {n: content_id(n, week) for n in [*archived.images, *archived.thumbnails]}
     html = render_html(archived.data, {n: f"cid:{c}" for n, c in cids.items()}, link, archived.uri)
     msg = EmailMessage()
     msg["Subject"] = subject_of(archived.data)
@@ -124,6 +125,16 @@ def build_email(
             filename=f"{name}.png",
             disposition="inline",
             headers=[f"Content-Description: {alt.get(name, {}).get('title', name)}"],
+        )
+    for name, jpeg in archived.thumbnails.items():
+        html_part.add_related(
+            jpeg,
+            maintype="image",
+            subtype="jpeg",
+            cid=f"<{cids[name]}>",
+            filename=f"{name}.jpg",
+            disposition="inline",
+            headers=[f"Content-Description: photo of {name.replace('_', ' ')}"],
         )
     return msg
 

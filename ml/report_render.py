@@ -29,6 +29,11 @@ def pct(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.1%}"
 
 
+def name_of(bins: list[str], k: int) -> str:
+    """The name of bin `k`, or its number when the edges have fewer bins."""
+    return bins[k] if 0 <= k < len(bins) else str(k)
+
+
 def _env():
     import jinja2
 
@@ -108,7 +113,31 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
             f"{num(v['logistic']['macro_f1'])}"
             + ("  CHAMPION" if v["champion"] else f"  {v['promotion'] or ''}")
         )
-    out += ["", "3. Champion on the current test split"]
+    out += ["", "3. Learning curves of the newest version"]
+    lc = r.get("curves")
+    if lc and lc["epochs"]:
+        best = lc["best_epoch"]
+        out.append(
+            f"  v{lc['version']} (data to {lc['date']}, run {lc['run_id']}), best epoch "
+            f"{'n/a' if best is None else best}"
+            + (f"; not logged: {', '.join(lc['missing'])}" if lc["missing"] else "")
+        )
+        out.append(
+            f"  {'epoch':<8}{'train loss':>12}{'val loss':>12}{'train acc':>11}{'val acc':>9}"
+        )
+        for row in lc["table"]:
+            out.append(
+                f"  {str(row['epoch']) + ('*' if row['epoch'] == best else ''):<8}"
+                f"{num(row['train_loss'], 4):>12}{num(row['val_loss'], 4):>12}"
+                f"{num(row['train_accuracy']):>11}{num(row['val_accuracy']):>9}"
+            )
+        if lc["table_every"] > 1:
+            out.append(f"  (every {lc['table_every']}th of {len(lc['epochs'])} epochs)")
+    elif lc:
+        out.append(f"  v{lc['version']} logged no per-epoch metrics")
+    else:
+        out.append("  none")
+    out += ["", "4. Champion on the current test split"]
     if e:
         out.append(f"  source: {e['source_text']}")
         out.append(
@@ -122,7 +151,30 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
             out.append(f"  {name:<10}{cells}   recall {num(e['per_class_recall'][i])}")
     else:
         out.append("  none")
-    out += ["", "4. Data quality", f"  {'day':<12}{'ingested':>9}{'clean':>8}{'quar.':>7}  reasons"]
+    out += ["", "5. Where the champion errs"]
+    er = r.get("errors")
+    if er:
+        out.append(f"  {er['errors']} of {e['n']} test posts in the wrong bin; most confused bins:")
+        for p in er["pairs"]:
+            out.append(
+                f"  true {name_of(bins, p['true']):<10} predicted "
+                f"{name_of(bins, p['predicted']):<10}{p['count']:>6} posts  "
+                f"{pct(p['share_of_true']):>6} of the true bin"
+            )
+        if er["mistakes"]:
+            out.append(f"  most confident mistakes (up to {er['per_class']} per true bin):")
+        for m in er["mistakes"]:
+            photo = "" if m.get("thumbnail") else f"  [{m.get('photo_problem') or 'no photo'}]"
+            out.append(
+                f"  post {m['post_id']} ({m['ds']}): true {name_of(bins, m['true'])}, predicted "
+                f"{name_of(bins, m['predicted'])} ({pct(m['confidence'])} sure){photo}"
+            )
+            out.append(f"    {m['caption'] or '(no caption)'}")
+        if er["note"]:
+            out.append(f"  {er['note']}")
+    else:
+        out.append("  none")
+    out += ["", "6. Data quality", f"  {'day':<12}{'ingested':>9}{'clean':>8}{'quar.':>7}  reasons"]
     for d in r["quality"]["days"]:
         if d["status"] == "missing":
             out.append(f"  {d['ds']:<12}  no data")
@@ -136,7 +188,7 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
     dr = r["drift"]
     out += [
         "",
-        f"5. Drift against {dr['reference_source']} ({dr['reference_window'][0]} to "
+        f"7. Drift against {dr['reference_source']} ({dr['reference_window'][0]} to "
         f"{dr['reference_window'][1]}), threshold PSI {dr['threshold']}",
     ]
     if dr["labels"]:
@@ -144,7 +196,7 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
         out.append(f"  labels PSI {num(lab['psi'], 4)}")
         for i, b in enumerate(bins):
             out.append(
-                f"  {b:<10} training {pct(lab['reference_share'][i]):>7}  week "
+                f"  {b:<10} before {pct(lab['reference_share'][i]):>7}  week "
                 f"{pct(lab['week_share'][i]):>7}  PSI {num(lab['psi_per_bin'][i], 4)}"
             )
     else:
@@ -154,7 +206,7 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
             f"  {name} embeddings: PSI norm {num(d['psi_norm'], 4)}, PSI 1st component "
             f"{num(d['psi_pc1'], 4)}, cosine of means {num(d['mean_cosine'], 4)}"
         )
-    out += ["", "6. Promotion decisions"]
+    out += ["", "8. Promotion decisions"]
     if not r["decisions"]:
         out.append("  none")
     for d in r["decisions"]:

@@ -5,6 +5,7 @@ server, SMTP server, S3 endpoint and Chromium are in tests/integration/test_week
 from __future__ import annotations
 
 import email
+import io
 import json
 import re
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +23,7 @@ from ml import report as R
 from ml import report_archive as A
 from ml import report_data as D
 from ml import report_email as E
+from ml import report_explain as X
 from ml import report_render as H
 from ml.config import Settings
 from ml.labels import DEFAULT_EDGES
@@ -32,6 +34,8 @@ from tools.synthetic import write_features
 WEEK = Week(2026, 47)  # Monday 2026-11-16 .. Sunday 2026-11-22
 PRIORS = np.array([0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03])
 NOW = datetime(2026, 11, 30, 7, tzinfo=UTC)
+# markup and length the report must escape and cut
+CAPTION = "post {} <b>bold</b> & " + "long " * 60
 
 
 # -- a synthetic lake ---------------------------------------------------------------------------
@@ -76,7 +80,7 @@ def write_synthetic_days(
             {
                 "id": ids,
                 "author_id": rng.integers(1, 100, n),
-                "caption": [f"post {i}" for i in ids],
+                "caption": [CAPTION.format(i) for i in ids],
                 "image_uri": [f"{ds}/{i}.jpg" for i in ids],
                 "hearts": rng.integers(1, 50, n),
                 "comment_count": cc,
@@ -127,16 +131,37 @@ def write_synthetic_days(
     return next_id
 
 
-class NearestMeanModel:
-    """A pyfunc stand-in: probabilities from distances to the synthetic class means."""
+def write_photos(settings: Settings, lake: Lake, days: list[str]) -> set[int]:
+    """Small JPEGs (200x120, a colour per post) for the posts of `days` with an even id, at
+    their image_uri under the image root; the odd ones have no photo. Returns the even ids."""
+    from PIL import Image
 
-    def __init__(self) -> None:
+    root = Path(settings.image_root)
+    written = set()
+    for ds in days:
+        t = lake.read_partition("posts_clean", ds, columns=["id", "image_uri"])
+        for pid, uri in zip(t["id"].to_pylist(), t["image_uri"].to_pylist(), strict=True):
+            if pid % 2:
+                continue
+            path = root / uri
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (200, 120), (pid % 256, 80, 160)).save(path, "JPEG")
+            written.add(pid)
+    return written
+
+
+class NearestMeanModel:
+    """A pyfunc stand-in: probabilities from distances to the synthetic class means, over the
+    first `dims` features (16 of 2432: accuracy about 0.8, so that it makes mistakes)."""
+
+    def __init__(self, dims: int = 16, temperature: float = 4.0) -> None:
         img, txt = class_means()
-        self.mu = np.concatenate([img, txt], 1) * 0.6
+        self.mu = (np.concatenate([img, txt], 1) * 0.6)[:, :dims]
+        self.dims, self.temperature = dims, temperature
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        d = ((X[:, None, :] - self.mu[None]) ** 2).sum(-1)
-        z = -(d - d.min(1, keepdims=True)) / 100
+        d = ((X[:, None, : self.dims] - self.mu[None]) ** 2).sum(-1)
+        z = -(d - d.min(1, keepdims=True)) / self.temperature
         p = np.exp(z)
         return p / p.sum(1, keepdims=True)
 
@@ -178,6 +203,10 @@ class FakeClient:
         v = self._v(run_id)
         return SimpleNamespace(data=SimpleNamespace(metrics=v["metrics"], tags=v["rtags"]))
 
+    def get_metric_history(self, run_id: str, key: str):
+        curve = self._v(run_id).get("curves", {}).get(key, [])
+        return [SimpleNamespace(step=i, value=v, timestamp=1000 + i) for i, v in enumerate(curve)]
+
     def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
         art = self._v(run_id).get("artifacts", {})
         if path not in art:
@@ -217,6 +246,13 @@ def version(
     }
 
 
+CURVES = {
+    "train_loss": [2.0, 1.5, 1.2, 1.0, 0.9],
+    "val_loss": [2.1, 1.7, 1.45, 1.5, 1.6],
+    "val_accuracy": [0.2, 0.35, 0.41, 0.4, 0.39],
+}
+
+
 def registry() -> FakeClient:
     cm = np.diag([10, 5, 5, 3, 3, 2, 1, 1]).tolist()
     logged = {
@@ -243,7 +279,14 @@ def registry() -> FakeClient:
                 "2026-11-16T03:00:00+00:00",
                 artifacts={"metrics.json": logged, "label_histogram.json": hist},
             ),
-            version(3, ("2026-11-09", "2026-11-18"), "rejected", 0.35, "2026-11-19T03:00:00+00:00"),
+            version(
+                3,
+                ("2026-11-09", "2026-11-18"),
+                "rejected",
+                0.35,
+                "2026-11-19T03:00:00+00:00",
+                curves=CURVES,  # an older run: no train_accuracy
+            ),
         ],
         alias="2",
     )
@@ -253,6 +296,7 @@ def make_settings(root: Path) -> Settings:
     return Settings.load(
         {
             "lake": str(root / "lake"),
+            "image_root": str(root / "images"),
             "label_age_days": 0,
             "train_window_days": 14,
             "report_recipients": "ml-team@example.com; lead@example.com",
@@ -285,6 +329,7 @@ def built(tmp_path_factory):
     write_synthetic_days(
         lake, WEEK.days[:4], 120, seed=2, priors=shifted, txt_shift=0.8, first_id=nxt
     )
+    write_photos(settings, lake, prev + WEEK.days[:4])
     report = R.build(settings, WEEK, lake=lake, client=registry(), now=NOW, load_model=model_loader)
     return settings, lake, report
 
@@ -365,10 +410,11 @@ def test_report_numbers(built):
     e = data["evaluation"]
     assert e["source"] == "live" and e["n"] == sum(lab["test"])
     assert np.asarray(e["confusion_matrix"]).sum() == e["n"]
-    assert e["accuracy"] > 0.9  # the stand-in model knows the class means
+    assert 0.6 < e["accuracy"] < 0.95  # the stand-in model knows the class means, in 16 dims
 
     dr = data["drift"]
-    assert dr["reference_window"] == ["2026-11-09", "2026-11-15"]
+    # the four weeks before the week, not the champion's training window (11-09..11-15)
+    assert dr["reference_window"] == ["2026-10-19", "2026-11-15"]
     assert dr["labels"]["psi"] > settings.drift_psi_threshold and dr["labels"]["drifted"]
     # captions moved as a whole (their length); photos only through the new class mix
     cap, img = dr["embeddings"]["caption"], dr["embeddings"]["image"]
@@ -380,6 +426,7 @@ def test_report_numbers(built):
     assert {c["name"] for c in data["charts"]} == {
         "label_histogram",
         "model_history",
+        "learning_curves",
         "confusion_matrix",
         "data_quality",
         "drift",
@@ -391,8 +438,8 @@ def test_no_drift_against_the_same_distribution(settings, tmp_path):
     days = [(date(2026, 11, 9) + timedelta(days=i)).isoformat() for i in range(14)]
     write_synthetic_days(lake, days, 150, seed=5)
     data = R.build(settings, WEEK, lake=lake, client=FakeClient([]), now=NOW).data
-    assert data["champion"] is None and data["evaluation"] is None
-    assert data["drift"]["reference_window"] == ["2026-11-02", "2026-11-15"]
+    assert data["champion"] is None and data["evaluation"] is None and data["errors"] is None
+    assert data["drift"]["reference_window"] == ["2026-10-19", "2026-11-15"]
     assert data["drift"]["labels"]["psi"] < settings.drift_psi_threshold
     assert data["flags"] == []
 
@@ -404,6 +451,9 @@ def test_logged_confusion_matrix_when_there_are_no_features(settings):
     e = data["evaluation"]
     assert e["source"] == "mlflow" and e["accuracy"] == 0.9
     assert "no features for the test posts" in e["source_text"]
+    # the logged matrix is diagonal: no confused pairs, and no posts to show
+    assert data["errors"]["pairs"] == [] and data["errors"]["mistakes"] == []
+    assert "does not name its posts" in data["errors"]["note"]
     assert any("logged when champion v2 was trained" in n for n in data["notes"])
     assert data["drift"]["embeddings"] == {}
 
@@ -444,9 +494,10 @@ def test_archive_round_trip_and_email(built):
     folder = Path(uri.removeprefix("file://"))
     assert folder.name == "week=2026-W47"
     names = {p.name for p in folder.iterdir()}
+    assert report.thumbnails
     assert names == {"_manifest.json", "report.json", "report.html", "report.txt"} | {
         f"{c.name}.png" for c in report.charts
-    }
+    } | {f"{n}.jpg" for n in report.thumbnails}
     (folder / "stale.png").write_bytes(b"old")
     A.archive(lake, report)  # re-running a week replaces its report
     assert not (folder / "stale.png").exists()
@@ -457,6 +508,8 @@ def test_archive_round_trip_and_email(built):
     }
     assert all(png.startswith(b"\x89PNG") for png in archived.images.values())
     assert archived.html.count('src="data:image/png;base64,') == len(report.charts)
+    assert archived.thumbnails == report.thumbnails
+    assert archived.html.count('src="data:image/jpeg;base64,') == len(report.thumbnails)
 
     link = E.report_link(lake, WEEK, 3600)
     assert link["url"].startswith("file://") and "local lake" in link["text"]
@@ -469,11 +522,27 @@ def test_archive_round_trip_and_email(built):
     html_part, *images = related.get_payload()
     html = html_part.get_content()
     cids = set(re.findall(r'src="cid:([^"]+)"', html))
-    assert cids == {p["Content-ID"].strip("<>") for p in images} and len(cids) == 5
-    assert all(p.get_content_type() == "image/png" for p in images)
+    assert cids == {p["Content-ID"].strip("<>") for p in images}
+    assert len(cids) == len(report.charts) + len(report.thumbnails) == 6 + len(report.thumbnails)
+    for p in images:
+        name = p["Content-ID"].strip("<>").split(".")[0]
+        if name in archived.thumbnails:
+            assert p.get_content_type() == "image/jpeg"
+            assert p.get_content() == archived.thumbnails[name]
+        else:
+            assert p.get_content_type() == "image/png" and p.get_content() == archived.images[name]
     e = archived.data["evaluation"]
     body = text_part.get_content()
     assert f"accuracy {e['accuracy']:.3f}" in body and "480" in body
+    # the text alternative carries the new sections too
+    er, lc = archived.data["errors"], archived.data["curves"]
+    assert "5. Where the champion errs" in body and f"{er['errors']} of {e['n']} test posts" in body
+    for m in er["mistakes"]:
+        assert f"post {m['post_id']} ({m['ds']})" in body
+    assert "3. Learning curves of the newest version" in body
+    assert (
+        f"v{lc['version']} (data to {lc['date']}" in body and "not logged: train_accuracy" in body
+    )
     assert f"{e['accuracy']:.3f}" in html
 
     (folder / "report.json").write_text("{}")
@@ -481,3 +550,190 @@ def test_archive_round_trip_and_email(built):
         A.read_archive(lake, WEEK)
     with pytest.raises(A.ArchiveError, match="build it first"):
         A.read_archive(lake, Week(2026, 1))
+
+
+# -- error analysis, learning curves, drift reference, images blocked --------------------------
+
+
+def test_confused_pairs_and_confident_mistakes_by_hand():
+    cm = [[5, 3, 0], [1, 4, 3], [0, 6, 2]]
+    assert X.confused_pairs(cm, top=3) == [
+        {"true": 2, "predicted": 1, "count": 6, "share_of_true": 0.75},
+        {"true": 0, "predicted": 1, "count": 3, "share_of_true": 3 / 8},
+        {"true": 1, "predicted": 2, "count": 3, "share_of_true": 3 / 8},  # tie: class order
+    ]
+    assert X.confused_pairs(np.diag([3, 4])) == []
+    ids = np.array([10, 11, 12, 13, 14, 15])
+    y = np.array([0, 0, 0, 0, 1, 1])
+    proba = np.array(
+        [
+            [0.9, 0.1],  # right
+            [0.3, 0.7],  # wrong, 0.7
+            [0.1, 0.9],  # wrong, 0.9
+            [0.3, 0.7],  # wrong, 0.7: same confidence as 11, larger id
+            [0.2, 0.8],  # right
+            [0.6, 0.4],  # wrong, 0.6
+        ]
+    )
+    ds = np.array(["d"] * 6, dtype=object)
+    got = X.confident_mistakes(ids, y, proba, ds, per_class=2)
+    assert [(m["post_id"], m["true"], m["predicted"]) for m in got] == [
+        (12, 0, 1),
+        (11, 0, 1),
+        (15, 1, 0),
+    ]
+    assert got[0]["confidence"] == pytest.approx(0.9)
+    assert got[0]["true_probability"] == pytest.approx(0.1)
+    assert X.short_caption("a\n b  c", 10) == "a b c"
+    assert X.short_caption("x" * 20, 10) == "x" * 9 + "\u2026"
+
+
+def test_error_analysis_of_the_champion(built):
+    """The mistakes are the most confident wrong predictions of the champion on the test split
+    (checked against a brute-force pass over every test post), with caption and thumbnail; a
+    post without a photo is reported as such; captions are escaped and cut in the HTML."""
+    from PIL import Image
+
+    from ml.dataset import build_split, split_features
+
+    settings, lake, report = built
+    data = report.data
+    er, e = data["errors"], data["evaluation"]
+    cm = np.asarray(e["confusion_matrix"])
+    assert er["source"] == "live" and er["errors"] == cm.sum() - np.trace(cm) > 0
+    off = cm - np.diag(np.diag(cm))
+    assert er["pairs"][0]["count"] == off.max()
+    assert [p["count"] for p in er["pairs"]] == sorted(off[off > 0].tolist(), reverse=True)[:5]
+    for p in er["pairs"]:
+        assert cm[p["true"], p["predicted"]] == p["count"]
+        assert p["share_of_true"] == pytest.approx(p["count"] / cm[p["true"]].sum())
+
+    # brute force: every wrong test prediction of the stand-in champion, by class
+    split = build_split(lake, *data["labels"]["window"], data["labels"]["edges"], 0)
+    test = split_features(lake, split, ("test",))
+    proba = NearestMeanModel().predict(test.X)
+    wrong: dict[int, list[tuple[float, int]]] = {}
+    for pid, yt, p in zip(test.post_ids.tolist(), test.y.tolist(), proba, strict=True):
+        if p.argmax() != yt:
+            wrong.setdefault(yt, []).append((-float(p.max()), pid))
+    expected = [pid for c in sorted(wrong) for _, pid in sorted(wrong[c])[:3]]
+    mistakes = er["mistakes"]
+    assert [m["post_id"] for m in mistakes] == expected
+    for m in mistakes:
+        assert m["true"] != m["predicted"] and 0 < m["confidence"] <= 1
+        assert m["caption"].startswith(f"post {m['post_id']} <b>bold</b> & long")
+        assert len(m["caption"]) <= X.CAPTION_CHARS and m["caption"].endswith("\u2026")
+
+    # thumbnails: the even posts have a photo, the odd ones none, and the report says so
+    with_photo = [m for m in mistakes if m["post_id"] % 2 == 0]
+    without = [m for m in mistakes if m["post_id"] % 2]
+    assert with_photo and without
+    assert set(report.thumbnails) == {m["thumbnail"] for m in with_photo}
+    for m in with_photo:
+        img = Image.open(io.BytesIO(report.thumbnails[m["thumbnail"]]))
+        assert img.format == "JPEG" and img.size == (m["thumb_width"], m["thumb_height"])
+        assert max(img.size) == X.THUMB_PX and img.size == (96, 58)  # 200x120 shrunk
+    for m in without:
+        assert m["thumbnail"] is None and "image_missing" in m["photo_problem"]
+
+    images = {n: f"cid:{n}" for n in report.thumbnails}
+    html = H.render_html(data, images, None, "file:///x")
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt; &amp; long" in html
+    for m in with_photo:
+        assert re.search(
+            rf'<img src="cid:{m["thumbnail"]}" width="96" height="58" alt="Photo', html
+        )
+    for m in without:
+        assert f"{m['post_id']}<br>" in html
+    assert html.count("no photo: image_missing") == len(without)
+
+
+def test_a_photo_that_cannot_be_read_never_fails_the_report(tmp_path):
+    from ml.images import ImageStore
+
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (tmp_path / "ok.png").write_bytes(b"")
+    mistakes = [
+        {"post_id": 1, "image_uri": "bad.jpg"},
+        {"post_id": 2, "image_uri": "gone.jpg"},
+        {"post_id": 3, "image_uri": "ok.png"},
+        {"post_id": 4, "image_uri": None},
+    ]
+    assert X.thumbnails(ImageStore(str(tmp_path)), mistakes) == {}
+    problems = [m["photo_problem"] for m in mistakes]
+    assert "UnidentifiedImageError" in problems[0]
+    assert "image_missing" in problems[1] and "image_empty" in problems[2]
+    assert "image_uri_invalid" in problems[3]
+
+
+def test_learning_curves_of_the_newest_version():
+    versions, _ = D.registry_versions(registry(), "post-engagement")
+    lc = X.learning_curves(registry(), versions, WEEK)
+    assert lc["version"] == "3" and lc["epochs"] == [0, 1, 2, 3, 4]
+    assert lc["val_loss"] == CURVES["val_loss"] and lc["train_accuracy"] == [None] * 5
+    assert lc["missing"] == ["train_accuracy"] and lc["best_epoch"] == 2  # lowest val loss
+    assert [r["epoch"] for r in lc["table"]] == [0, 1, 2, 3, 4]
+    # a backfilled week: the newest version trained on data up to its end (v1)
+    client = registry()
+    many = {k: list(np.linspace(1, 0.5, 70)) for k in X.CURVE_KEYS}
+    client.versions[0]["curves"] = many
+    client.versions[0]["metrics"]["best_epoch"] = 41.0
+    versions, _ = D.registry_versions(client, "post-engagement")
+    lc = X.learning_curves(client, versions, Week(2026, 45))
+    assert lc["version"] == "1" and lc["missing"] == [] and lc["best_epoch"] == 41
+    assert lc["train_accuracy"] == pytest.approx(many["train_accuracy"])
+    shown = [r["epoch"] for r in lc["table"]]
+    assert len(shown) <= X.CURVE_TABLE_ROWS + 2 and {0, 41, 69} <= set(shown)
+    assert lc["table_every"] == 3 and shown[:3] == [0, 3, 6]
+    assert X.learning_curves(client, versions, Week(2026, 44)) is None
+
+
+def test_drift_compares_the_week_with_the_four_weeks_before(built):
+    """Even when the champion trained on a window that contains the week, the week is compared
+    with the four weeks before it: the week's label shift is not diluted by itself."""
+    settings, lake, _ = built
+    client = registry()
+    client.versions[2]["vtags"]["postflow.promotion"] = "promoted"  # v3: data to 11-18
+    client.alias = "3"
+    data = R.build(
+        settings,
+        WEEK,
+        lake=lake,
+        client=client,
+        now=NOW,
+        load_model=lambda s, v: NearestMeanModel(),
+    ).data
+    assert data["champion"]["window"] == ["2026-11-09", "2026-11-18"]
+    dr = data["drift"]
+    assert dr["reference_window"] == ["2026-10-19", "2026-11-15"] and dr["reference_weeks"] == 4
+    ref_days = [d for d in lake.partitions("posts_clean") if "2026-10-19" <= d <= "2026-11-15"]
+    assert sum(dr["labels"]["reference"]) == sum(
+        lake.read_manifest("posts_clean", d)["rows"] for d in ref_days
+    )
+    assert sum(dr["labels"]["week"]) == sum(
+        lake.read_manifest("posts_clean", d)["rows"] for d in WEEK.days[:4]
+    )
+    assert (
+        dr["labels"]["drifted"]
+        and "the 4 weeks before (2026-10-19 to 2026-11-15)" in (data["flags"][0])
+    )
+
+
+def test_email_readable_with_images_blocked(built):
+    """Every image has an alt text with its key number, and every number of a chart's alt text
+    is in the HTML without its images (the tables carry the data)."""
+    _, _, report = built
+    data = report.data
+    images = {c.name: f"cid:{c.name}" for c in report.charts}
+    images |= {n: f"cid:{n}" for n in report.thumbnails}
+    html = H.render_html(data, images, None, "file:///x")
+    tags = re.findall(r"<img\b[^>]*>", html)
+    assert len(tags) == len(images)
+    blocked = re.sub(r"<img\b[^>]*>", "", html)
+    blocked = re.sub(r"<[^>]+>", " ", blocked)
+    for tag in tags:
+        alt = re.search(r'alt="([^"]*)"', tag).group(1)
+        numbers = re.findall(r"\d+(?:\.\d+)?%?", alt)
+        assert numbers, tag
+        for n in numbers:
+            assert n in blocked, (n, alt)
