@@ -46,7 +46,7 @@ from ml.encoders import (
     pillow_pixels,
     resolve_device,
 )
-from ml.features import features_table, read_rows
+from ml.features import conform, features_table, photo_hashes, read_rows
 from ml.labels import SHARD_SALT, hash_buckets
 from ml.progress import Progress
 from ml.schema import DATASET_CLEAN, DATASET_FEATURES, FEATURES_SCHEMA, shard_dataset
@@ -281,6 +281,7 @@ def embed_partition(
                             txt,
                             im_id,
                             tm_id,
+                            photo_hashes(pixels),  # the split key of reposts (ml.labels)
                         )
                     )
                     computed += len(todo)
@@ -300,7 +301,7 @@ def embed_partition(
             for pid in set(want) - seen:  # the cache partition changed under us: say so
                 skipped.append({"post_id": pid, "reason": "cache: cached row vanished"})
                 log.error("%s: post %d: cached features vanished from %s", label, pid, src_ds)
-            w.write(t.take(pa.array(rows, pa.int64())).select(FEATURES_SCHEMA.names))
+            w.write(conform(t.take(pa.array(rows, pa.int64()))))
             n_cached += len(rows)
 
         seconds = time.monotonic() - t0
@@ -344,7 +345,7 @@ def merge_shards(lake: Any, ds: str, count: int) -> dict[str, Any]:
     counts = {"computed": 0, "cached": 0, "posts": 0}
     with lake.writer(DATASET_FEATURES, ds, FEATURES_SCHEMA) as w:
         for i, m in enumerate(manifests):
-            w.write(lake.read_partition(shard_dataset(i, count), ds))
+            w.write(conform(lake.read_partition(shard_dataset(i, count), ds)))
             skipped += m.get("skipped", [])
             for k in counts:
                 counts[k] += int(m.get("summary", {}).get(k, 0))

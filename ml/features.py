@@ -4,11 +4,15 @@ Training, the promotion gate and the weekly report all read features through `re
 so they see the same rows: one row per post (the first stored, should a partition hold two),
 img ++ txt as float32. Reads filter on `post_id`, so Parquet statistics prune row groups instead
 of loading a day whole.
+
+Each row also carries `photo_hash`, a perceptual hash of the photo (`photo_hashes`): the split key
+that keeps reposts of one photo in one split (`ml.labels`). Partitions written before it existed
+lack the column; they still load (`conform`, `feature_index`) and their posts are keyed by id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,10 +32,32 @@ def _fixed(vecs: np.ndarray, dim: int) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(vecs.astype(np.float16).ravel()), dim)
 
 
+def photo_hashes(pixels: Any) -> list[str]:
+    """dHash of each uint8 (N, 3, H, W) image tensor, as 16 hex digits: grey, area-averaged to
+    8 x 9, one bit per left/right brightness step. It survives re-encoding and resizing, so a
+    reposted photo gets its original's hash. Hashes the pixels the image model sees (after EXIF
+    orientation, resize and crop) on either decode path (Pillow or nvJPEG), on their device, one
+    batch at a time: a few microseconds a photo. `imagehash` would need a PIL image per photo
+    and is not in the lock."""
+    import torch
+
+    grey = pixels.float().mean(dim=1, keepdim=True)
+    small = torch.nn.functional.adaptive_avg_pool2d(grey, (8, 9))[:, 0]
+    bits = (small[:, :, 1:] > small[:, :, :-1]).reshape(len(grey), 64).cpu().numpy()
+    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
+
+
 def features_table(
-    post_ids, hashes, img: np.ndarray, txt: np.ndarray, image_model: str, text_model: str
+    post_ids,
+    hashes,
+    img: np.ndarray,
+    txt: np.ndarray,
+    image_model: str,
+    text_model: str,
+    photo_hash: Sequence[str | None] | None = None,
 ) -> pa.Table:
-    """Rows of the `features` dataset (FEATURES_SCHEMA); vectors are stored as float16."""
+    """Rows of the `features` dataset (FEATURES_SCHEMA); vectors are stored as float16;
+    `photo_hash` (from `photo_hashes`) null when not given."""
     n = len(post_ids)
     return pa.table(
         {
@@ -41,9 +67,18 @@ def features_table(
             "txt": _fixed(txt.reshape(n, TXT_DIM), TXT_DIM),
             "image_model": pa.array([image_model] * n, pa.string()),
             "text_model": pa.array([text_model] * n, pa.string()),
+            "photo_hash": pa.array([None] * n if photo_hash is None else photo_hash, pa.string()),
         },
         schema=FEATURES_SCHEMA,
     )
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Rows read from any `features` partition, in FEATURES_SCHEMA: a null `photo_hash` for rows
+    written before it existed (they are copied from the cache as they are)."""
+    if "photo_hash" not in table.column_names:
+        table = table.append_column("photo_hash", pa.nulls(table.num_rows, pa.string()))
+    return table.select(FEATURES_SCHEMA.names).cast(FEATURES_SCHEMA)
 
 
 def read_rows(
@@ -51,15 +86,19 @@ def read_rows(
 ) -> pa.Table | None:
     """Rows of the posts `ids` in a committed partition of `dataset` (features or one of its
     shards); None when the partition is not committed."""
+    tables = [read_rows_of(lake, f, ids, columns) for f in lake.partition_files(dataset, ds)]
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_rows_of(lake: Any, path: str, ids: np.ndarray, columns: list[str] | None) -> pa.Table:
+    """Rows of the posts `ids` in one Parquet file of the lake (post-id filter: pruned reads)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     flt = pc.field("post_id").isin(pa.array(ids, pa.int64()))
-    tables = [
-        pq.read_table(f, columns=columns, filters=flt, filesystem=lake.fs)
-        for f in lake.partition_files(dataset, ds)
-    ]
-    return pa.concat_tables(tables) if tables else None
+    return pq.read_table(path, columns=columns, filters=flt, filesystem=lake.fs)
 
 
 def read_features(
@@ -70,7 +109,7 @@ def read_features(
     ft = read_rows(lake, DATASET_FEATURES, ds, ids)
     if ft is None:
         return None
-    ft = ft.select(FEATURES_SCHEMA.names)
+    ft = ft.select([c for c in FEATURES_SCHEMA.names if c in ft.column_names])
     if ft.num_rows == 0:
         return np.zeros(0, np.int64), np.zeros((0, N_FEATURES), np.float32), (set(), set())
     pid = ft["post_id"].to_numpy()
@@ -84,17 +123,28 @@ def read_features(
     return ft["post_id"].to_numpy(), X.astype(np.float32), models
 
 
-def have_features(lake: Any, ids: np.ndarray, ds: np.ndarray) -> np.ndarray:
-    """Which posts have a row in `features/ds` of their own day (`ds[i]` for `ids[i]`): only the
-    post-id column is read."""
+def feature_index(lake: Any, ids: np.ndarray, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which posts have a row in `features/ds` of their own day (`ds[i]` for `ids[i]`), and the
+    photo hash of that row (object array, None where unknown): only those two columns are read."""
+    import pyarrow.parquet as pq
+
     mask = np.zeros(len(ids), bool)
+    hashes = np.full(len(ids), None, dtype=object)
     for d in sorted(set(ds.tolist())):
-        sel = ds == d
-        t = read_rows(lake, DATASET_FEATURES, d, ids[sel], ["post_id"])
-        if t is None:
-            continue
-        mask[sel] = np.isin(ids[sel], t["post_id"].to_numpy())
-    return mask
+        sel = np.flatnonzero(ds == d)
+        files = lake.partition_files(DATASET_FEATURES, d)
+        found: dict[int, str | None] = {}
+        for f in files:
+            cols = ["post_id"]
+            if "photo_hash" in pq.read_schema(f, filesystem=lake.fs).names:
+                cols.append("photo_hash")
+            t = read_rows_of(lake, f, ids[sel], cols)
+            ph = t["photo_hash"].to_pylist() if "photo_hash" in cols else [None] * t.num_rows
+            for pid, h in zip(t["post_id"].to_pylist(), ph, strict=True):
+                found.setdefault(pid, h)  # the first row of a post, as `read_features`
+        mask[sel] = np.isin(ids[sel], np.fromiter(found, np.int64, len(found)))
+        hashes[sel] = [found.get(int(i)) for i in ids[sel]]
+    return mask, hashes
 
 
 def sample_features(

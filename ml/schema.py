@@ -92,6 +92,9 @@ def _build_schemas() -> dict[str, Any]:
             ("txt", pa.list_(pa.float16(), TXT_DIM)),
             ("image_model", pa.string()),
             ("text_model", pa.string()),
+            # dHash of the photo (`ml.features.photo_hashes`): the split key of reposts; null in
+            # rows written before it existed (their partitions lack the column: still readable)
+            ("photo_hash", pa.string()),
         ]
     )
     return {

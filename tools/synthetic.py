@@ -101,9 +101,11 @@ def write_features(
     image_model: str = IMAGE_MODEL,
     text_model: str = TEXT_MODEL,
     hashes: Sequence[str] | None = None,
+    photo_hashes: Sequence[str | None] | None = None,
 ) -> None:
     """The `features` partition `ds`: one row per post of `ids`, img ++ txt = the row of `X`
-    (stored as float16). Content hashes default to `h<post id>`."""
+    (stored as float16). Content hashes default to `h<post id>`; photo hashes to null (each post
+    then is a split group of its own, keyed by its id)."""
     from ml.features import features_table
     from ml.schema import IMG_DIM
 
@@ -115,6 +117,7 @@ def write_features(
         X[:, IMG_DIM:],
         image_model,
         text_model,
+        photo_hashes,
     )
     with lake.writer(DATASET_FEATURES, ds, FEATURES_SCHEMA) as w:
         w.write(table)
