@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
-    m_mlp = metrics_from_predictions(y_va, model.predict(X_va, device=device), 8)
+    m_mlp = metrics_from_predictions(y_va, model.predict(X_va), 8)
     m_log = metrics_from_predictions(y_va, baselines["logistic"].predict(X_va), 8)
     rate = len(y_tr) / mlp_s
     print(

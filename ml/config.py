@@ -66,6 +66,15 @@ class Settings:
     promotion_margin: float = 0.0
     max_recall_drop: float = 0.15
     min_macro_f1: float = 0.0
+    # the improvement over the champion must be credible: the paired-bootstrap interval of
+    # (challenger - champion) macro-F1 at this confidence must lie above the margin
+    promotion_confidence: float = 0.9
+    bootstrap_samples: int = 1000
+    # classes with fewer test posts than this are not held to the recall-collapse rule
+    min_class_support: int = 20
+    # engagement classes: comment-count bin edges (`python -m ml tune-bins` proposes them); a
+    # model trained on other edges is never compared with one trained on these
+    bin_edges: str = "0,1,3,10,30,100,300,600"
     # training data
     train_window_days: int = 28
     label_age_days: int = 7
@@ -129,6 +138,11 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @property
+    def edges(self) -> tuple[int, ...]:
+        """`bin_edges` as integers (validated: see `parse_edges`)."""
+        return parse_edges(self.bin_edges, ENV_PREFIX + "BIN_EDGES")
+
+    @property
     def workers(self) -> int:
         return self.image_workers or (os.cpu_count() or 1)
 
@@ -138,6 +152,22 @@ class Settings:
         d["mysql_uri"] = redact_uri(self.mysql_uri)
         d["mlflow_uri"] = redact_uri(self.mlflow_uri)
         return d
+
+
+def parse_edges(text: str, what: str = "bin edges") -> tuple[int, ...]:
+    """Comment-count bin edges "0,1,3,10": at least two integers, strictly increasing, from 0
+    or more (class k holds [edges[k], edges[k+1]), the last is open-ended)."""
+    try:
+        edges = tuple(int(x) for x in str(text).replace(" ", "").split(",") if x != "")
+    except ValueError:
+        raise ConfigError(f"{what}={text!r}: integers separated by commas, e.g. 0,1,3,10") from None
+    if (
+        len(edges) < 2
+        or edges[0] < 0
+        or any(b <= a for a, b in zip(edges, edges[1:], strict=False))
+    ):
+        raise ConfigError(f"{what}={text!r}: need two or more increasing edges from 0 or more")
+    return edges
 
 
 def addresses(text: str | None) -> list[str]:

@@ -8,7 +8,9 @@ validation loss. `TrainedModel` holds only numpy arrays and plain config: it pic
 CUDA, which is what an `mlflow.pyfunc` wrapper needs (input: float32 n x 2432 features).
 
 Baselines, trained on the same split: the majority class, and logistic regression (balanced
-class weights) on the same standardised + PCA features.
+class weights) on the same standardised + PCA features. `TrainedModel` serves either family
+(`ml.serving`, numpy only): `ml.train` registers whichever of the MLP and the logistic model
+scores the higher macro-F1 on validation.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 
 from ml.encoders import resolve_device
 from ml.labels import DEFAULT_EDGES
+from ml.serving import FORMAT as SERVING_FORMAT
+from ml.serving import ServedModel, predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,9 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 @dataclass
 class TrainedModel:
-    """Scaler+PCA (as W, b) and the MLP weights as numpy arrays: device-free and picklable."""
+    """A served model as numpy arrays: scaler+PCA folded into (W, b), then the family's own
+    weights (`state`). Device-free, picklable, saved without pickle; scored by `ml.serving`
+    with numpy alone, exactly as the registered pyfunc scores it."""
 
     W: np.ndarray
     b: np.ndarray
@@ -114,78 +120,52 @@ class TrainedModel:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     config: dict[str, Any] = field(default_factory=dict)
-    _nets: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    family: str = "mlp"  # "mlp" | "logistic" (ml.serving.FAMILIES)
 
     @property
     def n_classes(self) -> int:
         return int(self.arch["n_classes"])
 
-    def __getstate__(self) -> dict[str, Any]:
-        d = self.__dict__.copy()
-        d["_nets"] = {}
-        return d
-
-    def _net(self, device: str):
-        import torch
-
-        if device not in self._nets:
-            net = _mlp(self.arch)
-            net.load_state_dict({k: torch.from_numpy(v) for k, v in self.state.items()})
-            self._nets[device] = net.to(device).eval()
-        return self._nets[device]
-
-    def predict_proba(
-        self, X: np.ndarray, device: str = "cpu", batch_rows: int = 65_536
-    ) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, float32 (n, n_classes), for float32 features (n, 2432)."""
-        import torch
+        return predict_proba(self.family, self.W, self.b, self.state, self.arch, X)
 
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.W.shape[0]:
-            raise ValueError(f"expected features of shape (n, {self.W.shape[0]}), got {X.shape}")
-        net, out = self._net(device), []
-        with torch.inference_mode():
-            for i in range(0, len(X), batch_rows):
-                z = _project(X[i : i + batch_rows], self.W, self.b, device)
-                out.append(torch.softmax(net(z), dim=1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.n_classes), np.float32)
-
-    def predict(self, X: np.ndarray, device: str = "cpu") -> np.ndarray:
-        return self.predict_proba(X, device).argmax(axis=1)
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
 
     def save(self, path: str | Path) -> Path:
-        """`model.npz` (arrays) and `model.json` (architecture, history): no pickle involved."""
+        """`model.npz` (arrays) and `model.json` (family, architecture, history): no pickle."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path / "model.npz", W=self.W, b=self.b, **{f"mlp.{k}": v for k, v in self.state.items()}
-        )
+        arrays = {f"{self.family}.{k}": v for k, v in self.state.items()}
+        np.savez(path / "model.npz", W=self.W, b=self.b, **arrays)
         meta = {
+            "family": self.family,
             "arch": self.arch,
             "history": self.history,
             "best_epoch": self.best_epoch,
             "config": self.config,
-            "format": 1,
+            "format": SERVING_FORMAT,
         }
         (path / "model.json").write_text(json.dumps(meta, indent=2))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedModel:
-        path = Path(path)
-        meta = json.loads((path / "model.json").read_text())
-        with np.load(path / "model.npz") as z:
-            arrays = {k: z[k] for k in z.files}
-        state = {k[4:]: v for k, v in arrays.items() if k.startswith("mlp.")}
-        arch = meta["arch"] | {"hidden": tuple(meta["arch"]["hidden"])}
+        served = ServedModel(path)
+        meta = served.meta
+        arch = dict(meta["arch"])
+        if "hidden" in arch:
+            arch["hidden"] = tuple(arch["hidden"])
         return cls(
-            arrays["W"],
-            arrays["b"],
-            state,
+            served.W,
+            served.b,
+            served.state,
             arch,
-            meta["history"],
-            meta["best_epoch"],
-            meta["config"],
+            meta.get("history", []),
+            meta.get("best_epoch", -1),
+            meta.get("config", {}),
+            served.family,
         )
 
 
@@ -226,14 +206,16 @@ def train_model(
         t0 = time.monotonic()
         net.train()
         perm = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
+        total, correct = 0.0, 0
         for i in range(0, n, cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(z_tr[idx]), y_tr[idx])
+            logits_b = net(z_tr[idx])
+            loss = loss_fn(logits_b, y_tr[idx])
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+            correct += int((logits_b.argmax(1) == y_tr[idx]).sum())
         net.eval()
         with torch.no_grad():
             logits = net(z_va)
@@ -243,6 +225,8 @@ def train_model(
             {
                 "epoch": epoch,
                 "train_loss": total / max(n, 1),
+                # of the batches as they were trained (dropout on): the curve costs no extra pass
+                "train_accuracy": correct / max(n, 1),
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
                 "seconds": time.monotonic() - t0,
@@ -281,27 +265,23 @@ class MajorityModel:
         return np.full(len(X), self.label, np.int64)
 
 
-@dataclass
-class LogisticModel:
-    W: np.ndarray
-    b: np.ndarray
-    clf: Any
-    n_classes: int
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        z = np.asarray(X, np.float32) @ self.W + self.b
-        p = np.zeros((len(X), self.n_classes), np.float32)
-        p[:, self.clf.classes_] = self.clf.predict_proba(z)
-        return p
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.predict_proba(X).argmax(axis=1)
+def logistic_model(W: np.ndarray, b: np.ndarray, clf: Any, n_classes: int) -> TrainedModel:
+    """A fitted scikit-learn LogisticRegression on z = x @ W + b, as a servable `TrainedModel`
+    (family "logistic": its coefficients, intercepts and the classes it saw)."""
+    state = {
+        "coef": np.asarray(clf.coef_, np.float32),
+        "intercept": np.asarray(clf.intercept_, np.float32),
+        "classes": np.asarray(clf.classes_, np.int64),
+    }
+    arch = {"in_dim": int(W.shape[1]), "n_classes": int(n_classes)}
+    return TrainedModel(W, b, state, arch, family="logistic")
 
 
 def train_baselines(
     X_train: np.ndarray, y_train: np.ndarray, model: TrainedModel, config: TrainConfig | None = None
 ) -> dict[str, Any]:
-    """Majority class, and logistic regression on the model's own scaler+PCA features."""
+    """Majority class, and logistic regression on the MLP's own scaler+PCA features (a family
+    that can be registered in the MLP's place when it validates better)."""
     from sklearn.linear_model import LogisticRegression
 
     cfg = config or TrainConfig()
@@ -313,7 +293,7 @@ def train_baselines(
         class_weight=cfg.class_weight,
         random_state=cfg.seed,
     ).fit(z, y)
-    return {"majority": majority, "logistic": LogisticModel(model.W, model.b, clf, cfg.n_classes)}
+    return {"majority": majority, "logistic": logistic_model(model.W, model.b, clf, cfg.n_classes)}
 
 
 # -- metrics ------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@
 - `log_training` records one `python -m ml train` run (params, per-epoch and final metrics,
   label histogram, confusion matrix) and logs the classifier as an `mlflow.pyfunc` model whose
   weights are the `model.npz` + `model.json` files of `TrainedModel.save` (an artifact, never a
-  pickle). The pyfunc entry point is "models from code": a three-line script that imports
-  `ml.registry.PostEngagementModel`, so loading needs the `ml` package installed (as in the
-  Airflow and ML images) and runs the installed code, whose version is tagged on the run.
+  pickle). The pyfunc entry point is "models from code": the text of `ml.serving`, which scores
+  with numpy alone, so loading needs neither torch nor the `postflow` package: the Airflow image
+  and any consumer load `models:/post-engagement@champion` with mlflow and numpy.
 - `register_challenger` registers the run's model and points the alias `challenger` at it.
 - The promotion gate that moves `champion` is `ml.promote`.
 
@@ -31,15 +31,14 @@ from ml.charts import confusion_png
 from ml.config import redact_uri
 from ml.labels import bin_names
 from ml.lake import code_version as current_code_version
-from ml.model import TrainedModel
 from ml.schema import N_FEATURES
+from ml.serving import MODEL_DIR_ARTIFACT, pyfunc_code
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_NAME = "model"  # the pyfunc model's name in its run: runs:/<run_id>/model
-MODEL_DIR_ARTIFACT = "model_dir"
 FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MODELS = ("mlp", "majority", "logistic")
 # run tags copied onto the registered version
@@ -50,54 +49,12 @@ VERSION_TAGS = (
     "postflow.image_weights",
     "postflow.random_weights",
     "postflow.edges",
+    "postflow.family",
 )
-
-# models-from-code entry point logged with every model (no pickle of any object)
-_PYFUNC_CODE = '''"""postflow engagement classifier: MLflow pyfunc entry point."""
-import mlflow
-
-from ml.registry import PostEngagementModel
-
-mlflow.models.set_model(PostEngagementModel())
-'''
 
 
 class RegistryError(RuntimeError):
     """MLflow is unreachable or the registry is not in the expected state (one-line message)."""
-
-
-# -- the pyfunc model ---------------------------------------------------------------------------
-
-
-def _define_model_class() -> type:
-    import mlflow.pyfunc
-
-    class PostEngagementModel(mlflow.pyfunc.PythonModel):
-        """Class probabilities, float32 (n, n_classes), of float32 features (n, 2432)."""
-
-        def load_context(self, context) -> None:
-            self.model = TrainedModel.load(context.artifacts[MODEL_DIR_ARTIFACT])
-
-        def predict(self, context, model_input: np.ndarray, params=None):
-            X = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
-            X = np.asarray(X, dtype=np.float32)
-            if X.ndim == 1:
-                X = X.reshape(1, -1)
-            device = (params or {}).get("device", "cpu")
-            return self.model.predict_proba(X, device=device).astype(np.float32)
-
-    PostEngagementModel.__module__ = __name__
-    PostEngagementModel.__qualname__ = "PostEngagementModel"
-    return PostEngagementModel
-
-
-def __getattr__(name: str) -> Any:
-    # `ml.registry.PostEngagementModel` is built on first access: mlflow is imported only then.
-    if name == "PostEngagementModel":
-        cls = _define_model_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- connection ---------------------------------------------------------------------------------
@@ -210,8 +167,9 @@ def image_weights_tag(image_models: Sequence[str]) -> str:
 
 
 def _run_params(result: Any, label_age_days: int | None) -> dict[str, str]:
-    data, cfg = result.data, result.model.config
+    data, cfg = result.data, result.mlp.config
     params: dict[str, Any] = {
+        "family": result.family,
         "window_start": data.window[0],
         "window_end": data.window[1],
         "edges": json.dumps(list(data.edges)),
@@ -245,8 +203,8 @@ def _run_params(result: Any, label_age_days: int | None) -> dict[str, str]:
 def _run_metrics(result: Any) -> list[tuple[str, float, int]]:
     """(key, value, step) of the per-epoch curves and the final scores."""
     out: list[tuple[str, float, int]] = []
-    for h in result.model.history:
-        for key in ("train_loss", "val_loss", "val_accuracy"):
+    for h in result.mlp.history:
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             if key in h:
                 out.append((key, float(h[key]), int(h["epoch"])))
     for model in MODELS:
@@ -256,6 +214,11 @@ def _run_metrics(result: Any) -> list[tuple[str, float, int]]:
                 continue
             for key in FINAL_METRICS:
                 out.append((f"{model}_{split}_{key}", float(m[key]), 0))
+    for split in ("val", "test"):  # the registered family's scores under one name
+        for key in FINAL_METRICS:
+            out.append(
+                (f"model_{split}_{key}", float(result.metrics[result.family][split][key]), 0)
+            )
     for k, r in enumerate(result.metrics["mlp"]["test"]["per_class_recall"]):
         if r is not None:
             out.append((f"mlp_test_recall_class_{k}", float(r), 0))
@@ -264,8 +227,8 @@ def _run_metrics(result: Any) -> list[tuple[str, float, int]]:
     out += [
         ("rows", float(len(result.data.y)), 0),
         ("missing_features", float(result.data.missing_features), 0),
-        ("best_epoch", float(result.model.best_epoch), 0),
-        ("epochs", float(len(result.model.history)), 0),
+        ("best_epoch", float(result.mlp.best_epoch), 0),
+        ("epochs", float(len(result.mlp.history)), 0),
         ("train_seconds", float(result.seconds), 0),
     ]
     return out
@@ -275,7 +238,7 @@ def _pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for pkg in ("mlflow", "numpy", "torch", "postflow"):
+    for pkg in ("mlflow", "numpy"):  # all `ml.serving` imports: no torch, no postflow
         try:
             reqs.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
@@ -302,6 +265,7 @@ def run_tags(result: Any, *, ds: str | None, code_version: str | None) -> dict[s
         "postflow.image_weights": weights,
         "postflow.random_weights": "true" if weights == "none" else "false",
         "postflow.edges": json.dumps(list(data.edges)),
+        "postflow.family": result.family,
         "postflow.step": "train",
     }
     if ds:
@@ -351,9 +315,9 @@ def log_training(
                 "label_histogram.json": json.dumps(hist, indent=2).encode(),
                 "metrics.json": json.dumps(result.metrics, indent=2).encode(),
                 "confusion_matrix.png": confusion_png(
-                    result.metrics["mlp"]["test"]["confusion_matrix"],
+                    result.metrics[result.family]["test"]["confusion_matrix"],
                     bin_names(result.data.edges),
-                    f"mlp, test split ({result.split_sizes['test']} posts), "
+                    f"{result.family}, test split ({result.split_sizes['test']} posts), "
                     f"{result.data.window[0]}..{result.data.window[1]}",
                 ),
             }
@@ -363,7 +327,7 @@ def log_training(
 
             model_dir = result.model.save(tmp_path / "trained")
             code = tmp_path / "postflow_pyfunc.py"
-            code.write_text(_PYFUNC_CODE)
+            code.write_text(pyfunc_code())
             n_example = min(2, len(result.data.X))
             mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
@@ -389,7 +353,7 @@ def register_challenger(run_id: str, settings: Any) -> int:
     client = connect(settings)
     run = client.get_run(run_id)
     tags = {k: v for k, v in run.data.tags.items() if k in VERSION_TAGS}
-    for key in ("mlp_test_macro_f1", "mlp_val_macro_f1"):
+    for key in ("mlp_test_macro_f1", "mlp_val_macro_f1", "model_test_macro_f1"):
         if key in run.data.metrics:
             tags[f"postflow.{key}"] = f"{run.data.metrics[key]:.6f}"
     # the run's logged model (MLflow 3 stores it as models:/<model_id>), else runs:/<id>/model

@@ -14,24 +14,19 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ml.config import parse_edges
 from ml.dataset import SPLITS, TrainingData, load_dataset
-from ml.encoders import resolve_device
-from ml.labels import DEFAULT_EDGES, histogram
-from ml.model import (
-    TrainConfig,
-    TrainedModel,
-    evaluate,
-    metrics_from_predictions,
-    train_baselines,
-    train_model,
-)
+from ml.labels import histogram
+from ml.model import TrainConfig, TrainedModel, evaluate, train_baselines, train_model
 
 # -- the whole step -----------------------------------------------------------------------------
 
 
 @dataclass
 class TrainingResult:
-    model: TrainedModel
+    model: TrainedModel  # the registered one: the family that won on validation
+    family: str  # "mlp" | "logistic"
+    mlp: TrainedModel  # trained in every run: its epochs are the learning curves
     baselines: dict[str, Any]
     metrics: dict[str, dict[str, dict[str, Any]]]  # model name -> split -> metrics
     split_sizes: dict[str, int]
@@ -47,8 +42,9 @@ class TrainingResult:
             "split_sizes": self.split_sizes,
             "edges": list(self.data.edges),
             "image_models": self.data.image_models,
-            "best_epoch": self.model.best_epoch,
-            "epochs": len(self.model.history),
+            "family": self.family,
+            "best_epoch": self.mlp.best_epoch,
+            "epochs": len(self.mlp.history),
             "macro_f1": {
                 name: {s: m[s]["macro_f1"] for s in ("val", "test")}
                 for name, m in self.metrics.items()
@@ -57,8 +53,17 @@ class TrainingResult:
         }
 
 
+def pick_family(metrics: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The family to register: logistic regression when its validation macro-F1 beats the
+    MLP's, else the MLP (a tie keeps the MLP). On a small or weak-signal dataset the linear
+    model often generalises better (712 real posts: MLP 0.171 vs logistic 0.212 test macro-F1)."""
+    mlp, logistic = metrics["mlp"]["val"]["macro_f1"], metrics["logistic"]["val"]["macro_f1"]
+    return "logistic" if logistic > mlp + 1e-9 else "mlp"
+
+
 def run_training(data: TrainingData, config: TrainConfig | None = None) -> TrainingResult:
-    """Split, train the MLP and the baselines, evaluate all three on val and test."""
+    """Train the MLP and the baselines on the train split, evaluate all three on val and test,
+    and pick the family to register on validation (test stays untouched by the choice)."""
     cfg = replace(config or TrainConfig(), n_classes=len(data.edges))
     t0 = time.monotonic()
     parts = {s: data.part(s) for s in SPLITS}
@@ -66,20 +71,18 @@ def run_training(data: TrainingData, config: TrainConfig | None = None) -> Train
         sizes = {s: int(v.sum()) for s, v in parts.items()}
         raise ValueError(f"too little data to train: split sizes {sizes}")
     X, y = data.X, data.y
-    model = train_model(X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]], cfg)
-    baselines = train_baselines(X[parts["train"]], y[parts["train"]], model, cfg)
-    device = resolve_device(cfg.device)
-    metrics: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, m in {"mlp": model, **baselines}.items():
-        metrics[name] = {}
-        for s in ("val", "test"):
-            if name == "mlp":
-                pred = m.predict_proba(X[parts[s]], device=device).argmax(1)
-                metrics[name][s] = metrics_from_predictions(y[parts[s]], pred, cfg.n_classes)
-            else:
-                metrics[name][s] = evaluate(m, X[parts[s]], y[parts[s]], cfg.n_classes)
+    mlp = train_model(X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]], cfg)
+    baselines = train_baselines(X[parts["train"]], y[parts["train"]], mlp, cfg)
+    candidates = {"mlp": mlp, **baselines}
+    metrics = {
+        name: {s: evaluate(m, X[parts[s]], y[parts[s]], cfg.n_classes) for s in ("val", "test")}
+        for name, m in candidates.items()
+    }
+    family = pick_family(metrics)
     return TrainingResult(
-        model=model,
+        model=candidates[family],
+        family=family,
+        mlp=mlp,
         baselines=baselines,
         metrics=metrics,
         split_sizes={s: int(v.sum()) for s, v in parts.items()},
@@ -96,9 +99,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ds", default=None, help="logical date of the run (tagged on the MLflow run)")
     p.add_argument("--device", help="auto | cpu | cuda[:K] (default: POSTFLOW_DEVICE)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--edges", default=",".join(map(str, DEFAULT_EDGES)), help="bin edges")
     p.add_argument(
-        "--label-age-days", type=int, default=None, help="default: settings.label_age_days"
+        "--edges", help="comment-count bin edges, e.g. 0,1,3,10 (default: POSTFLOW_BIN_EDGES)"
+    )
+    p.add_argument(
+        "--label-age-days", type=int, default=None, help="default: POSTFLOW_LABEL_AGE_DAYS"
     )
     p.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
     p.add_argument("--out", default=None, help="save the model here (model.npz + model.json)")
@@ -124,7 +129,7 @@ def main(argv: list[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     lake = Lake.from_settings(settings)
-    edges = tuple(int(x) for x in args.edges.split(","))
+    edges = parse_edges(args.edges) if args.edges else settings.edges
     age = settings.label_age_days if args.label_age_days is None else args.label_age_days
     data = load_dataset(lake, args.start, args.end, edges, age)
     cfg = TrainConfig(

@@ -68,6 +68,8 @@ def plan_retrain(days: list[str], settings: Settings) -> dict[str, Any]:
         end,
         "--label-age-days",
         str(settings.label_age_days),
+        "--edges",
+        settings.bin_edges,
         "--device",
         settings.device,
     ]

@@ -5,8 +5,10 @@ whose artifacts live in a moto S3 bucket."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +120,7 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(monkeypatch, capsys)
 
 # -- the whole path on a real server ------------------------------------------------------------
 
+REPO = Path(__file__).resolve().parents[2]
 START, END = "2024-04-01", "2024-04-10"
 N_POSTS = 600
 
@@ -221,6 +224,14 @@ def test_train_logs_a_complete_run(world):
             for metric in R.FINAL_METRICS:
                 assert f"{model}_{split}_{metric}" in mt
     assert mt["mlp_test_macro_f1"] > mt["majority_test_macro_f1"] + 0.2
+    # the registered family is the one that won on validation, its scores under `model_`
+    family = p["family"]
+    assert tags["postflow.family"] == family and family in ("mlp", "logistic")
+    other = "logistic" if family == "mlp" else "mlp"
+    assert mt[f"{family}_val_macro_f1"] >= mt[f"{other}_val_macro_f1"]
+    assert mt["model_test_macro_f1"] == mt[f"{family}_test_macro_f1"]
+    train_acc = client.get_metric_history(run.info.run_id, "train_accuracy")
+    assert len(train_acc) == trained["epochs"] and all(0 <= x.value <= 1 for x in train_acc)
     assert mt["rows"] == N_POSTS and mt["missing_features"] == 0
     assert sum(mt[f"split_{s}_rows"] for s in ("train", "val", "test")) == N_POSTS
     assert "mlp_test_recall_class_0" in mt and mt["best_epoch"] >= 0 and mt["train_seconds"] > 0
@@ -246,6 +257,70 @@ def test_train_logs_a_complete_run(world):
     for suffix in ("confusion_matrix.png", "label_histogram.json", "model.npz", "MLmodel"):
         assert any(k.endswith(suffix) for k in keys), suffix
     assert not any(k.endswith(".pkl") for k in keys)  # weights as npz + json, code from `ml`
+
+
+def test_first_model_must_beat_its_own_logistic_baseline():
+    # measured before this rule: a 1-epoch MLP at 0.169 was promoted over its baseline at 0.467
+    d = P.decide(m(0.169, 0.5), None, baseline_macro_f1=0.467, challenger_version=1)
+    assert not d.promoted and "below its own logistic baseline 0.4670" in d.reason
+    d = P.decide(m(0.50, 0.5), None, baseline_macro_f1=0.467)
+    assert d.promoted and "logistic baseline 0.4670" in d.reason and d.baseline_macro_f1 == 0.467
+
+
+def test_a_backfill_never_replaces_a_newer_champion():
+    champ = m(0.40, 0.5, 0.5)
+    kw = {"champion_version": 4, "champion_window_end": "2026-11-20"}
+    d = P.decide(m(0.60, 0.6, 0.6), champ, window_end="2026-10-31", **kw)
+    assert not d.promoted and "older than champion v4's 2026-11-20" in d.reason
+    assert P.decide(m(0.60, 0.6, 0.6), champ, window_end="2026-11-21", **kw).promoted
+    # even after a change of bin edges (no comparison of scores), recency holds
+    d = P.decide(m(0.60, 0.6), None, window_end="2026-10-31", rebaseline="re-baselining", **kw)
+    assert not d.promoted and d.reason.startswith("re-baselining")
+
+
+def _predictions(n: int, accuracy: float, seed: int, k: int = 8):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    return y, np.where(rng.random(n) < accuracy, y, rng.integers(0, k, n))
+
+
+def test_paired_bootstrap_matches_the_point_metric_and_pairs_the_draws():
+    y, a = _predictions(400, 0.6, 0)
+    boot = P.paired_bootstrap(y, a, a, 8, samples=300, confidence=0.9)
+    point = M.metrics_from_predictions(y, a, 8)["macro_f1"]
+    assert boot.challenger.low < point < boot.challenger.high
+    assert boot.improvement == P.Interval(0.0, 0.0)  # the same predictions: no gain in any draw
+    cm = np.asarray(M.metrics_from_predictions(y, a, 8)["confusion_matrix"])
+    assert P.macro_f1_of_counts(cm) == pytest.approx(point)
+
+
+def test_a_lucky_challenger_is_rejected_and_a_real_gain_promoted():
+    """On 300 posts, a challenger a hair better by luck does not move the champion; one that is
+    clearly better does. Without the bootstrap both pass the point rule."""
+    y, champ_pred = _predictions(300, 0.50, 1)
+    wrong, right = np.flatnonzero(champ_pred != y), np.flatnonzero(champ_pred == y)
+    lucky = champ_pred.copy()  # disagrees on 30 posts: 17 fixed, 13 broken (a net +4 by chance)
+    lucky[wrong[:17]] = y[wrong[:17]]
+    lucky[right[:13]] = (y[right[:13]] + 1) % 8
+    better = champ_pred.copy()
+    better[wrong[: len(wrong) // 2]] = y[wrong[: len(wrong) // 2]]
+    champ = M.metrics_from_predictions(y, champ_pred, 8)
+    for pred, credible in ((lucky, False), (better, True)):
+        c = M.metrics_from_predictions(y, pred, 8)
+        assert c["macro_f1"] > champ["macro_f1"] and P.decide(c, champ).promoted
+        boot = P.paired_bootstrap(y, pred, champ_pred, 8, samples=500, confidence=0.9)
+        d = P.decide(c, champ, bootstrap=boot, champion_version=1)
+        assert d.promoted is credible, d.reason
+        assert d.improvement_ci == boot.improvement.to_list() and d.confidence == 0.9
+        assert credible or "no credible improvement" in d.reason
+
+
+def test_recall_rule_ignores_classes_too_small_to_measure():
+    champ = m(0.40, 0.50, 0.40)
+    chal = m(0.50, 0.90, 0.0) | {"confusion_matrix": [[90, 10], [5, 0]]}  # class 1: 5 posts
+    assert not P.decide(chal, champ).promoted  # measured on 5 posts, recall 0.4 -> 0.0 rejects
+    d = P.decide(chal, champ, min_class_support=20)
+    assert d.promoted, d.reason
 
 
 @pytest.mark.integration
@@ -274,7 +349,43 @@ def test_first_model_becomes_champion_and_serves_the_same_predictions(world):
     assert run.data.tags["postflow.promotion"] == "promoted"
     assert run.data.metrics["gate_challenger_macro_f1"] == pytest.approx(d["challenger_macro_f1"])
     # the gate scored exactly the training run's test split
-    assert d["challenger_macro_f1"] == pytest.approx(run.data.metrics["mlp_test_macro_f1"])
+    assert d["challenger_macro_f1"] == pytest.approx(run.data.metrics["model_test_macro_f1"])
+
+
+@pytest.mark.integration
+def test_the_registered_model_loads_and_scores_without_torch_or_postflow(world, tmp_path):
+    """What the weekly report in the Airflow image, or any consumer, does: load
+    models:/<name>@champion in a process where torch and postflow cannot be imported."""
+    import subprocess
+    import sys
+
+    s = world["settings"]
+    X = world["X"][:20]
+    np.save(tmp_path / "X.npy", X)
+    code = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {{"torch", "ml", "postflow_airflow", "sklearn"}}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+sys.path = [p for p in sys.path if p not in ("", {str(REPO)!r})]
+import mlflow.pyfunc, numpy as np
+mlflow.set_registry_uri({s.mlflow_uri!r}); mlflow.set_tracking_uri({s.mlflow_uri!r})
+model = mlflow.pyfunc.load_model("models:/{s.registered_model}@champion")
+np.save({str(tmp_path / "p.npy")!r}, model.predict(np.load({str(tmp_path / "X.npy")!r})))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "ml", "sklearn")))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), world["model"].predict_proba(X))
 
 
 @pytest.mark.integration
@@ -290,12 +401,17 @@ def test_worse_challenger_is_rejected_and_the_champion_stays(world):
 
     d = P.promote(s, lake, "challenger", START, END)
     assert not d.promoted and d.challenger_version == 2 and d.champion_version == 1
-    assert "< champion" in d.reason and d.champion_macro_f1 > d.challenger_macro_f1
+    assert "no credible improvement" in d.reason and d.champion_macro_f1 > d.challenger_macro_f1
+    assert d.improvement_ci[1] < 0 and d.champion_ci and d.challenger_ci
     assert client.get_model_version_by_alias(s.registered_model, "champion").version == "1"
     tags = client.get_model_version(s.registered_model, "2").tags
     assert tags["postflow.promotion"] == "rejected" and tags["postflow.champion_version"] == "1"
     assert tags["postflow.decision_reason"] == d.reason and tags["postflow.decided_at"]
     assert float(tags["postflow.champion_macro_f1"]) == pytest.approx(d.champion_macro_f1)
+    assert json.loads(tags["postflow.improvement_ci"]) == pytest.approx(d.improvement_ci, abs=1e-6)
+    assert json.loads(tags["postflow.champion_macro_f1_ci"]) == pytest.approx(
+        d.champion_ci, abs=1e-6
+    )
     run = client.get_run(run_id)
     assert run.data.tags["postflow.promotion"] == "rejected"
     assert run.data.tags["postflow.code_version"] == "test"

@@ -217,3 +217,53 @@ def test_load_dataset_joins_latest_snapshot_with_its_features(tmp_path, monkeypa
     assert L.main(["--start", "2024-04-01", "--end", "2024-04-10", "--n-bins", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 3 and len(out["proposed_edges"]) == 3
+
+
+def test_numpy_serving_matches_the_torch_network(trained):
+    """The served MLP is a numpy port of the torch network: same probabilities."""
+    import torch
+
+    X, _, te, model, _, _ = trained
+    net = M._mlp(model.arch)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state.items()})
+    with torch.inference_mode():
+        z = torch.from_numpy(X[te] @ model.W + model.b)
+        want = torch.softmax(net.eval()(z), dim=1).numpy()
+    np.testing.assert_allclose(model.predict_proba(X[te]), want, rtol=1e-5, atol=1e-6)
+    assert model.history[0]["train_accuracy"] > 0  # the learning curve's training accuracy
+
+
+def test_logistic_family_serves_what_scikit_learn_predicts(trained, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, te, model, base, _ = trained
+    assert base["logistic"].family == "logistic"
+    z = X[:360] @ model.W + model.b
+    for classes in (8, 2):  # multinomial, and the binary case (one logit)
+        keep = y[:360] < classes
+        clf = LogisticRegression(max_iter=1000).fit(z[keep], y[:360][keep])
+        served = M.logistic_model(model.W, model.b, clf, 8)
+        want = np.zeros((len(te_rows := X[te]), 8))
+        want[:, clf.classes_] = clf.predict_proba(te_rows @ model.W + model.b)
+        np.testing.assert_allclose(served.predict_proba(te_rows), want, atol=1e-5)
+        loaded = M.TrainedModel.load(served.save(tmp_path / f"logistic{classes}"))
+        assert loaded.family == "logistic"
+        np.testing.assert_array_equal(loaded.predict_proba(te_rows), served.predict_proba(te_rows))
+
+
+def test_training_registers_the_family_that_wins_on_validation():
+    metrics = {
+        "mlp": {"val": {"macro_f1": 0.171}},
+        "logistic": {"val": {"macro_f1": 0.212}},
+    }
+    assert T.pick_family(metrics) == "logistic"
+    metrics["mlp"]["val"]["macro_f1"] = 0.212  # a tie keeps the MLP
+    assert T.pick_family(metrics) == "mlp"
+    X, y = class_features(400, seed=9, sep=0.3)  # weak signal, few posts
+    ids = np.arange(400) * 13 + 1
+    data = DS.TrainingData(
+        X, y, ids, y, L.assign_splits(ids, 400), L.DEFAULT_EDGES, ["m"], ["t"], 0, ("a", "b")
+    )
+    res = T.run_training(data, M.TrainConfig(max_epochs=30, seed=0))
+    assert res.family == T.pick_family(res.metrics)
+    assert res.model is (res.mlp if res.family == "mlp" else res.baselines["logistic"])
