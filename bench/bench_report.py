@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings.load(
         {
             "lake": str(tmp / "lake"),
+            "image_root": str(tmp / "images"),  # none there: the mistakes say "no photo"
             "mlflow_uri": f"sqlite:///{tmp}/mlflow.db",
             "label_age_days": 0,
             "report_weeks": args.weeks,

@@ -186,6 +186,16 @@ def _edges_of_tag(raw: str | None) -> list[int] | None:
     return edges if edges and len(edges) >= 2 else None
 
 
+def _interval_of_tag(raw: str | None) -> list[float] | None:
+    """A gate's bootstrap interval tag, "[low, high]", or None (older versions have none)."""
+    try:
+        v = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    ok = isinstance(v, list) and len(v) == 2 and all(_finite(x) is not None for x in v)
+    return [float(x) for x in v] if ok else None
+
+
 def _ms_to_iso(ms: int | None) -> str | None:
     if not ms:
         return None
@@ -225,6 +235,10 @@ def version_info(client: Any, mv: Any) -> dict[str, Any]:
         "challenger_macro_f1": _finite(vtags.get("postflow.challenger_macro_f1")),
         "champion_macro_f1": _finite(vtags.get("postflow.champion_macro_f1")),
         "champion_version": vtags.get("postflow.champion_version") or None,
+        "challenger_ci": _interval_of_tag(vtags.get("postflow.challenger_macro_f1_ci")),
+        "champion_ci": _interval_of_tag(vtags.get("postflow.champion_macro_f1_ci")),
+        "improvement_ci": _interval_of_tag(vtags.get("postflow.improvement_ci")),
+        "family": tags.get("postflow.family") or None,
         "decided_at": vtags.get("postflow.decided_at"),
         "test": {
             m: {k: _finite(metrics.get(f"{m}_test_{k}")) for k in FINAL_METRICS} for m in MODELS
@@ -322,6 +336,10 @@ def decisions_section(versions: list[dict[str, Any]], week: Week) -> list[dict[s
                         "challenger_macro_f1",
                         "champion_macro_f1",
                         "champion_version",
+                        "challenger_ci",
+                        "champion_ci",
+                        "improvement_ci",
+                        "family",
                         "decided_at",
                     )
                 }

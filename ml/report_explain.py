@@ -71,6 +71,7 @@ def learning_curves(
         "version": v["version"],
         "run_id": v["run_id"],
         "date": v["date"],
+        "family": v.get("family"),
         "best_epoch": None if v["best_epoch"] is None else int(v["best_epoch"]),
         "epochs": epochs,
         "missing": [k for k in CURVE_KEYS if not series[k]],

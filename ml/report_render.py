@@ -214,6 +214,15 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
             f"  v{d['version']} {d['promotion']}: challenger macro-F1 "
             f"{num(d['challenger_macro_f1'])}, champion macro-F1 {num(d['champion_macro_f1'])}"
             + (f" (v{d['champion_version']})" if d["champion_version"] else "")
+            + "".join(
+                f", {label} [{num(d[k][0])}, {num(d[k][1])}]"
+                for k, label in (
+                    ("challenger_ci", "challenger interval"),
+                    ("champion_ci", "champion interval"),
+                    ("improvement_ci", "gain interval"),
+                )
+                if d.get(k)
+            )
             + (f" - {d['decision_reason']}" if d["decision_reason"] else "")
         )
     if champ:

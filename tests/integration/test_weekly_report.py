@@ -266,6 +266,23 @@ def test_weekly_report_dag_archives_emails_and_logs(world, smtp_server, s3_serve
     if champion == "2":
         assert e["macro_f1"] == pytest.approx(run_2.data.metrics["mlp_test_macro_f1"], abs=1e-6)
 
+    # learning curves of the newest version (v2), from its run's metric history
+    lc = data["curves"]
+    assert lc["version"] == "2" and lc["run_id"] == run_2.info.run_id
+    assert len(lc["epochs"]) == run_2.data.metrics["epochs"] > 1
+    history = client.get_metric_history(run_2.info.run_id, "val_loss")
+    assert lc["val_loss"] == pytest.approx([m.value for m in sorted(history, key=lambda m: m.step)])
+    assert lc["best_epoch"] == run_2.data.metrics["best_epoch"]
+    # error analysis: confused pairs from the live matrix, mistakes with the demo's photos
+    er = data["errors"]
+    cm = np.asarray(e["confusion_matrix"])
+    assert er["errors"] == cm.sum() - np.trace(cm) > 0 and er["pairs"] and er["mistakes"]
+    assert all(m["true"] != m["predicted"] and m["caption"] for m in er["mistakes"])
+    thumbs = [m["thumbnail"] for m in er["mistakes"] if m["thumbnail"]]
+    assert thumbs and set(manifest["thumbnails"]) == set(thumbs)
+    # drift: the week against the four weeks before it
+    assert data["drift"]["reference_window"] == ["2026-10-19", "2026-11-15"]
+
     # the email, as the SMTP server received it
     (raw,) = [m for m in smtp_server.wait_for(1) if b"X-Postflow-Week: 2026-W47" in m["data"]]
     assert sorted(raw["rcpt_tos"]) == ["lead@example.com", "ml-team@example.com"]
@@ -285,12 +302,15 @@ def test_weekly_report_dag_archives_emails_and_logs(world, smtp_server, s3_serve
     cids = re.findall(r'src="cid:([^"]+)"', html)
     assert cids and sorted(cids) == sorted(by_cid), "every inline image referenced and present"
     assert "http" not in " ".join(re.findall(r'<img[^>]*src="([^"]+)"', html))
+    ext = {"image/png": "png", "image/jpeg": "jpg"}
     for cid, part in by_cid.items():
-        assert part.get_content_type() == "image/png"
-        assert part.get_content_disposition() == "inline"
         name = cid.split(".")[0]
-        assert part.get_content() == objects[f"{name}.png"], "the email's chart is the archived one"
+        assert part.get_content_type() == ("image/jpeg" if name in thumbs else "image/png")
+        assert part.get_content_disposition() == "inline"
+        archived = objects[f"{name}.{ext[part.get_content_type()]}"]
+        assert part.get_content() == archived, "the email's image is the archived one"
         assert re.search(rf'src="cid:{re.escape(cid)}"[^>]*alt="[^"]{{20,}}"', html)
+    assert len(by_cid) == len(data["charts"]) + len(thumbs)
     text = text_part.get_content()
     for number in (
         f"posts ingested / clean / quarantined: {ingested} / {clean} / {ingested - clean}",
@@ -312,8 +332,13 @@ def test_weekly_report_dag_archives_emails_and_logs(world, smtp_server, s3_serve
     folder = world["tmp"] / "render"
     folder.mkdir(exist_ok=True)
     for cid, part in by_cid.items():
-        (folder / f"{cid}.png").write_bytes(part.get_content())
-    local = re.sub(r'src="cid:([^"]+)"', lambda m: f'src="{(folder / m[1]).as_uri()}.png"', html)
+        (folder / f"{cid}.{ext[part.get_content_type()]}").write_bytes(part.get_content())
+    suffix = {cid: ext[part.get_content_type()] for cid, part in by_cid.items()}
+    local = re.sub(
+        r'src="cid:([^"]+)"',
+        lambda m: f'src="{(folder / m[1]).as_uri()}.{suffix[m[1]]}"',
+        html,
+    )
     widths, shot = chromium_images(local, folder, "email")
     assert len(widths) == len(cids) and all(w > 0 for w in widths.values()), widths
     print(f"\nscreenshot of the emailed report: {shot}")

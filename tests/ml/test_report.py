@@ -233,6 +233,13 @@ def version(
             "postflow.champion_macro_f1": "0.3",
             "postflow.champion_version": str(v - 1) if v > 1 else "",
         }
+    if promotion and v >= 3:  # the gate's bootstrap intervals; older versions have none
+        vtags |= {
+            "postflow.challenger_macro_f1_ci": json.dumps([f1 - 0.03, f1 + 0.03]),
+            "postflow.champion_macro_f1_ci": "[0.28, 0.33]",
+            "postflow.improvement_ci": "[-0.01, 0.11]",
+            "postflow.family": "mlp",
+        }
     return {
         "version": str(v),
         "metrics": metrics,
@@ -406,6 +413,25 @@ def test_report_numbers(built):
     assert data["champion"]["image_weights"] == "none" and data["champion"]["rows"] == 1002
     assert [d["version"] for d in data["decisions"]] == ["3"]
     assert data["decisions"][0]["promotion"] == "rejected"
+    d = data["decisions"][0]
+    assert d["improvement_ci"] == [-0.01, 0.11] and d["champion_ci"] == [0.28, 0.33]
+    assert d["challenger_ci"] == pytest.approx([0.32, 0.38]) and d["family"] == "mlp"
+    html, text = H.render_html(data, {}, None, "x"), H.render_text(data)
+    assert "[-0.010, 0.110]" in html and "gain interval [-0.010, 0.110]" in text
+    assert (
+        D.version_info(
+            FakeClient(),
+            SimpleNamespace(
+                **{
+                    "version": "9",
+                    "run_id": None,
+                    "tags": {"postflow.improvement_ci": "oops"},
+                    "creation_timestamp": None,
+                }
+            ),
+        )["improvement_ci"]
+        is None
+    )
 
     e = data["evaluation"]
     assert e["source"] == "live" and e["n"] == sum(lab["test"])
