@@ -39,6 +39,7 @@ import numpy as np
 
 from ml.config import ConfigError, Settings, redact_uri
 from ml.demo_captions import caption
+from ml.demo_mysql import insert_state, prepare_table
 from ml.demo_photos import (
     DAMAGED_IMAGE_KINDS,
     EXTENSIONS,
@@ -49,10 +50,8 @@ from ml.demo_photos import (
     image_store,
     write_images,
 )
-from ml.progress import Progress
 from ml.reasons import Reason
-from ml.schema import POSTS_COLUMNS
-from ml.source import MySQLTarget, SourceError, create_schema, with_retries
+from ml.source import MySQLTarget, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,13 @@ P_HEARTS_ZERO: tuple[float, ...] = (0.16, 0.11, 0.08, 0.06, 0.05, 0.04, 0.03, 0.
 HEARTS_LOG_MEAN = tuple(1.0 + 0.75 * c for c in range(N_CLASSES))
 HEARTS_LOG_SD = 1.1
 FRACTION_UPDATED_LATER = 0.10  # created on an earlier day, updated (comments grew) in the window
+# Of the other posts with comments, those whose comments keep coming the next day: their creation
+# day's snapshot holds a partial count, the next day's the final one (the label).
+P_GROWS = 0.7
+GROWN_BY_THEN = (0.2, 0.7)  # the partial count as a fraction of the final one, uniform
+DEMO_LABEL_AGE_DAYS = 1  # counts are final the day after posting: what `make demo` sets
+FRACTION_REPOSTS = 0.02  # the same photo file posted again under a new id; half keep the caption
 FRACTION_ABSOLUTE_URI = 0.07  # file:///... (local store) or s3://bucket/key (S3 store)
-INSERT_BATCH = 5_000
 FIRST_AUTHOR_ID = 1_000
 
 # Rows the pipeline must quarantine. Names are stable: downstream tests key on them.
@@ -196,6 +200,12 @@ class Posts:
     created_us: np.ndarray  # microseconds since the epoch, UTC
     updated_us: np.ndarray
     later: np.ndarray  # created on an earlier day than updated
+    grows: np.ndarray  # a partial-count snapshot (first_us, first_comments) precedes the final one
+    first_us: np.ndarray
+    first_comments: np.ndarray
+    render: np.ndarray  # whose photo each post shows: its own index, or its original's (reposts)
+    reposts: dict[int, int]  # repost id -> original id
+    start_us: int  # the window's first day
     captions: list[str | None]
     uris: list[str]
     keys: list[str | None]  # key under the image root to write, None for nothing
@@ -319,6 +329,30 @@ def build_posts(
             created = _to_dt(created_us[i])
             created_us[i] = _us(created.replace(year=2099, day=min(created.day, 28)))
 
+    # Reposts: a plain post j shows the photo (the same file) of an earlier plain post i, with
+    # its engagement and cues; every other repost keeps i's caption too.
+    plain = np.setdiff1d(np.arange(n), np.array([*bad, *unusual], dtype=np.int64))
+    n_rep = round(FRACTION_REPOSTS * n) if n >= 100 else 0
+    render, reposts = np.arange(n), {}
+    for k, j in enumerate(np.sort(rng.choice(plain[1:], n_rep, replace=False))):
+        i = int(rng.choice(plain[plain < j]))
+        i = int(render[i])  # a repost of a repost shows the original
+        render[j] = i
+        for a in (cls, colour, pattern, topic, comments, hearts, width, height):
+            a[j] = a[i]
+        if k % 2 == 0:
+            captions[j] = captions[i]
+        reposts[int(ids[j])] = int(ids[i])
+
+    # Comments that keep coming the next day: a second, final snapshot.
+    day_of = (updated_us - start_us) // _DAY_US
+    grows = ~later & (comments > 0) & (rng.random(n) < P_GROWS)
+    frac = rng.uniform(*GROWN_BY_THEN, n)
+    next_us = start_us + (day_of + 1) * _DAY_US + rng.integers(0, _DAY_US, n)
+    first_us, first_comments = updated_us.copy(), np.floor(comments * frac).astype(np.int64)
+    updated_us = np.where(grows, next_us, updated_us)
+    first_comments = np.where(grows, first_comments, comments)
+
     return Posts(
         ids=ids,
         cls=cls,
@@ -331,6 +365,12 @@ def build_posts(
         created_us=created_us,
         updated_us=updated_us,
         later=later,
+        grows=grows,
+        first_us=np.where(grows, first_us, updated_us),
+        first_comments=first_comments,
+        render=render,
+        reposts=reposts,
+        start_us=int(start_us),
         captions=captions,
         uris=uris,
         keys=keys,
@@ -340,59 +380,6 @@ def build_posts(
         bad={int(ids[i]): k for i, k in sorted(bad.items())},
         unusual={int(ids[i]): k for i, k in sorted(unusual.items())},
     )
-
-
-# -- MySQL -------------------------------------------------------------------------------------
-
-
-def _prepare_table(target: MySQLTarget, n: int, replace: bool, first_id: int | None) -> int:
-    """Create the table; truncate it with `replace`; return the first id to use."""
-    create_schema(target)
-    conn = target.connect()
-    try:
-        cur = conn.cursor()
-        if replace:
-            cur.execute("TRUNCATE TABLE posts")
-            conn.commit()
-        if first_id is None:
-            cur.execute("SELECT COALESCE(MAX(id), 0) FROM posts")
-            first_id = int(cur.fetchone()[0]) + 1
-        cur.execute(
-            "SELECT COUNT(*) FROM posts WHERE id >= %s AND id < %s", (first_id, first_id + n)
-        )
-        taken = int(cur.fetchone()[0])
-    finally:
-        conn.close()
-    if taken:
-        raise DemoDataError(
-            f"{taken} posts with ids in [{first_id}, {first_id + n}) already exist in "
-            f"{target.describe()}: pass --replace to start over, or another --first-id"
-        )
-    return first_id
-
-
-def insert_posts(target: MySQLTarget, posts: Posts, batch: int = INSERT_BATCH) -> None:
-    """executemany in batches (mysqlclient sends one multi-row INSERT per batch), one commit."""
-    cols = ", ".join(POSTS_COLUMNS)
-    sql = f"INSERT INTO posts ({cols}) VALUES ({', '.join(['%s'] * len(POSTS_COLUMNS))})"
-    n = len(posts.ids)
-    progress = Progress("rows", n)
-    conn = target.connect()
-    try:
-        cur = conn.cursor()
-        for lo in range(0, n, batch):
-            rows = [
-                (int(posts.ids[i]), int(posts.author[i]), posts.captions[i], posts.uris[i],
-                 int(posts.hearts[i]), int(posts.comments[i]), _to_dt(posts.created_us[i]),
-                 _to_dt(posts.updated_us[i]))
-                for i in range(lo, min(n, lo + batch))
-            ]  # fmt: skip
-            with_retries(lambda rows=rows: cur.executemany(sql, rows), what="insert demo posts")
-            progress.add(len(rows))
-        conn.commit()
-        progress.add(0, force=n >= 5_000)
-    finally:
-        conn.close()
 
 
 # -- the step ----------------------------------------------------------------------------------
@@ -408,12 +395,16 @@ def generate(
     image_size: int = 256,
     replace: bool = False,
     first_id: int | None = None,
+    as_of: date | None = None,
 ) -> dict[str, Any]:
     """Generate `posts` posts updated in `[end - days, end)` into MySQL and the image store.
 
-    Returns the truth: {"bad": {post_id: kind}, "unusual_valid": {post_id: kind},
-    "bayes_accuracy", "bin_edges", "counts", "window", ...} (post ids are ints here, strings
-    once written as JSON). `first_id` defaults to 1 with `replace`, else MAX(id) + 1.
+    The table is left as it stood at the end of day `as_of` (default: the last day); `advance`
+    moves it to a later day, so that a day's extract sees that day's snapshots (a post grows
+    from one snapshot to the next). Returns the truth: {"bad": {post_id: kind},
+    "unusual_valid": {post_id: kind}, "reposts": {post_id: original}, "bayes_accuracy",
+    "bin_edges", "counts", "window", ...} (post ids are ints here, strings once written as
+    JSON). `first_id` defaults to 1 with `replace`, else MAX(id) + 1.
     """
     if posts < 1 or days < 1:
         raise ValueError("--posts and --days must be at least 1")
@@ -422,32 +413,28 @@ def generate(
     t0 = time.monotonic()
     target = MySQLTarget.parse(settings.mysql_uri)
     store = image_store(settings)
-    first = _prepare_table(target, posts, replace, 1 if replace and first_id is None else first_id)
+    first = prepare_table(target, posts, replace, 1 if replace and first_id is None else first_id)
     ensure_store(store)
+    params = [posts, days, end.isoformat(), seed, first, bad_fraction, image_size, store.uri_prefix]
     p = build_posts(posts, days, end, seed, first, bad_fraction, image_size, store.uri_prefix)
     log.info("generated %d rows in %.1fs; writing photos", posts, time.monotonic() - t0)
     image_stats = write_images(p, store, seed, settings.workers)
-    try:
-        insert_posts(target, p)
-    except SourceError:
-        raise
-    except Exception as exc:
-        import MySQLdb
-
-        if isinstance(exc, MySQLdb.Error):
-            raise SourceError(f"cannot insert demo posts into {target.describe()}: {exc}") from exc
-        raise
+    insert_state(target, p, days - 1 if as_of is None else _day_index(p, as_of, days))
 
     index_of_bad = {int(pid - first) for pid in p.bad}
     valid = np.ones(posts, bool)
     valid[list(index_of_bad)] = False
     labelled = valid & (p.hearts >= 1)
+    # what training sees at the end of the window: old enough under DEMO_LABEL_AGE_DAYS
+    end_us = p.start_us + days * _DAY_US
+    mature = labelled & (end_us - p.created_us >= DEMO_LABEL_AGE_DAYS * _DAY_US)
     grey = np.zeros(posts, bool)
     grey[[int(pid - first) for pid, k in p.unusual.items() if k == "jpeg_grayscale"]] = True
-    lab_cls = p.cls[labelled]
+    lab_cls = p.cls[mature]
     class_counts = np.bincount(lab_cls, minlength=N_CLASSES)
     start = datetime.combine(end, datetime.min.time()) - timedelta(days=days)
-    per_day = Counter(f"{_to_dt(u):%Y-%m-%d}" for u in p.updated_us)
+    second = p.grows & (p.updated_us < end_us)
+    per_day = Counter(f"{_to_dt(u):%Y-%m-%d}" for u in [*p.first_us, *p.updated_us[second]])
     uri_forms = Counter(
         "relative" if "://" not in u else u.split("://", 1)[0] + "://" for u in p.uris
     )
@@ -457,6 +444,10 @@ def generate(
         "bad": len(p.bad),
         "unusual_valid": len(p.unusual),
         "labelled": int(labelled.sum()),
+        "labelled_mature": int(mature.sum()),
+        "snapshots": int(posts + second.sum()),
+        "grown_in_window": int((second & valid).sum()),  # valid posts with two snapshots
+        "reposts": len(p.reposts),
         "hearts_zero": int((p.hearts == 0).sum()),
         "updated_later": int((p.later & valid).sum()),
         "class_counts_labelled": class_counts.tolist(),
@@ -468,17 +459,21 @@ def generate(
     return {
         "bad": p.bad,
         "unusual_valid": p.unusual,
+        "reposts": p.reposts,
+        "label_age_days": DEMO_LABEL_AGE_DAYS,
+        "params": params,
         "expected_reasons": {k: list(v) for k, v in EXPECTED_REASONS.items()},
         "bayes_accuracy": round(
             sample_bayes_accuracy(
-                p.colour[labelled], p.pattern[labelled], p.topic[labelled], ~grey[labelled]
+                p.colour[mature], p.pattern[mature], p.topic[mature], ~grey[mature]
             ),
             4,
         ),
         "bayes_accuracy_population": round(population_bayes_accuracy(), 4),
         "majority_accuracy": round(float(class_counts.max() / max(1, class_counts.sum())), 4),
         "bayes_method": (
-            "exact under the generative model: mean over valid posts with hearts >= 1 of "
+            "exact under the generative model: mean over valid posts with hearts >= 1, at "
+            "least DEMO_LABEL_AGE_DAYS old at the window's end, of "
             "max_c p(c | photo colour, photo pattern, caption topic, hearts >= 1); a model "
             "reaches it only if its features recover those three cues"
         ),
@@ -493,6 +488,21 @@ def generate(
         **image_stats,
         "seconds": round(time.monotonic() - t0, 3),
     }
+
+
+def _day_index(p: Posts, day: date, days: int) -> int:
+    k = (_us(datetime.combine(day, datetime.min.time())) - p.start_us) // _DAY_US
+    if not 0 <= k < days:
+        raise ValueError(f"{day} is not a day of the generated window")
+    return int(k)
+
+
+def advance(settings: Settings, truth: dict[str, Any], day: date) -> None:
+    """Move the table `generate` wrote (its `truth`) to the end of day `day`: the posts updated
+    that day get that day's snapshot (photos are already written)."""
+    n, days, end, seed, first, bad_fraction, image_size, prefix = truth["params"]
+    p = build_posts(n, days, date.fromisoformat(end), seed, first, bad_fraction, image_size, prefix)
+    insert_state(MySQLTarget.parse(settings.mysql_uri), p, _day_index(p, day, days))
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:

@@ -178,7 +178,7 @@ def ensure_store(store: ImageStore) -> None:
 class PhotoJob(NamedTuple):
     """One photo to write: `mode` is "jpeg", an unusual or damaged kind, or "delete"."""
 
-    index: int  # the post's index in its batch: with `seed`, the photo's own RNG
+    index: int  # the photo's post (a repost's original) in its batch: with `seed`, its RNG
     key: str  # under the image root
     mode: str
     seed: int
@@ -214,10 +214,12 @@ def _write_one(job: PhotoJob) -> int:
 
 def write_images(posts: Any, store: ImageStore, seed: int, workers: int) -> dict[str, Any]:
     """Render and store the photos of `posts` (an `ml.demo_data.Posts`: a photo per key that is
-    not None), in a process pool when there are enough of them."""
+    not None; a repost's is rendered as its original's, the same bytes), in a process pool when
+    there are enough of them."""
     jobs = [
-        PhotoJob(i, posts.keys[i], posts.image_mode[i], seed, int(posts.width[i]),
-                 int(posts.height[i]), int(posts.colour[i]), int(posts.pattern[i]))
+        PhotoJob(int(posts.render[i]), posts.keys[i], posts.image_mode[i], seed,
+                 int(posts.width[i]), int(posts.height[i]), int(posts.colour[i]),
+                 int(posts.pattern[i]))
         for i in range(len(posts.keys))
         if posts.keys[i] is not None
     ]  # fmt: skip

@@ -12,8 +12,9 @@ as production would.
 
 Demo defaults, each overridable by its environment variable: POSTFLOW_IMAGE_WEIGHTS=none
 (ResNet50 with RANDOM weights: ImageNet weights cannot be downloaded on an offline machine; the
-MLflow runs are tagged so) and POSTFLOW_LABEL_AGE_DAYS=0 (generated comment counts are final at
-once; production waits 7 days).
+MLflow runs are tagged so) and POSTFLOW_LABEL_AGE_DAYS=1 (generated comment counts are final the
+day after posting; production waits 7 days). The table moves forward a day before each day's
+`posts_etl`, so a post whose comments grew has a snapshot per day and young counts stay out.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from ml.demo_data import DEMO_LABEL_AGE_DAYS
 from ml.schema import DATASET_CLEAN, DATASET_FEATURES, DATASET_QUARANTINE
 from tools.airflow_env import REPO, STATE, airflow_env, pipeline_env
 
@@ -42,7 +44,7 @@ def _airflow_env() -> None:
         **airflow_env(home, logging_level="WARNING"),
         **pipeline_env(STATE),
         "POSTFLOW_IMAGE_WEIGHTS": "none",
-        "POSTFLOW_LABEL_AGE_DAYS": "0",
+        "POSTFLOW_LABEL_AGE_DAYS": str(DEMO_LABEL_AGE_DAYS),
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     for key, value in defaults.items():
@@ -94,11 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    from ml.demo_data import generate
+    from ml.demo_data import advance, generate
 
     t0 = time.monotonic()
+    first_day = args.end - timedelta(days=args.days)
     truth = generate(
-        settings, posts=args.posts, days=args.days, end=args.end, seed=args.seed, replace=True
+        settings, args.posts, args.days, args.end, args.seed, replace=True, as_of=first_day
     )
     print(
         f"demo data: {args.posts} posts over {args.days} days ending {args.end} "
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     days = [args.end - timedelta(days=n) for n in range(args.days, 0, -1)]
     failed = []
     for day in days:
+        if day != first_day:  # the table as it stood at the end of `day`
+            advance(settings, truth, day)
         # A manual run with logical date D+1 reads the complete day D (see dags/posts_etl.py).
         logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
         print(f"posts_etl for {day} ...", flush=True)
