@@ -2,8 +2,11 @@
 
 A partition `<root>/<dataset>/ds=YYYY-MM-DD/` is exactly the files its `_manifest.json` lists.
 Writers put new files under a run-unique name and commit by writing the manifest last (an
-atomic rename locally, an atomic PUT on S3), then delete files the manifest no longer lists.
-So a reader never sees half a partition, and re-running a date replaces it whole.
+atomic rename locally, an atomic PUT on S3), then delete the files of the version they replaced.
+So a reader never sees half a partition, and re-running a date replaces it whole. Two writers of
+the same partition at once never delete each other's files (the last manifest wins, whole);
+files of a crashed writer (never listed) are removed by a later commit once they are
+`ORPHAN_GRACE_S` old, so a slow writer still running is never robbed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ml import __version__
 
 MANIFEST = "_manifest.json"
 SCHEMA_VERSION = 1
+ORPHAN_GRACE_S = 3600  # unlisted files untouched this long belong to a crashed writer
 
 
 class LakeError(RuntimeError):
@@ -193,10 +197,21 @@ class Lake:
         w = PartitionWriter(self, dataset, ds_str(ds), schema, distinct_columns)
         try:
             yield w
-        except BaseException:
-            w.abort()
+            w.commit()
+        except BaseException as exc:
+            if w.manifest is None:  # not committed: the previous version stays whole
+                w.abort()
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+                # disk full, endpoint gone...: one clear error naming the partition
+                state = (
+                    "committed; some replaced files not removed"
+                    if w.manifest
+                    else "not committed; the previous version stays readable"
+                )
+                raise LakeError(
+                    f"writing {self.partition_uri(dataset, ds)} failed ({state}): {exc}"
+                ) from exc
             raise
-        w.commit()
 
 
 def _schema_from_manifest(manifest: dict[str, Any]) -> pa.Schema:
@@ -229,7 +244,9 @@ class PartitionWriter:
         self.rows = 0
         self.meta: dict[str, Any] = {}
         self.artifacts: list[str] = []
+        self.manifest: dict[str, Any] | None = None
         self._writer: pq.ParquetWriter | None = None
+        self._closed = False
         lake.fs.create_dir(self.dir, recursive=True)
 
     def write(self, table: pa.Table) -> None:
@@ -256,12 +273,18 @@ class PartitionWriter:
         self.artifacts.append(versioned)
         return self.lake.uri(self.dataset, f"ds={self.ds}", versioned)
 
+    def finish(self) -> list[str]:
+        """Close the data file; returns the files written. Readers see none of them until
+        `commit` writes the manifest (a crash between the two leaves the partition as it was)."""
+        if self._writer is not None and not self._closed:
+            self._writer.close()
+            self._closed = True
+        return [self.data_file] if self._writer is not None else []
+
     def commit(self) -> dict[str, Any]:
         import base64
 
-        if self._writer is not None:
-            self._writer.close()
-        files = [self.data_file] if self._writer is not None else []
+        files = self.finish()
         manifest = {
             "dataset": self.dataset,
             "ds": self.ds,
@@ -277,6 +300,9 @@ class PartitionWriter:
         }
         body = json.dumps(manifest, indent=2, default=str).encode()
         final = posixpath.join(self.dir, MANIFEST)
+        # read just before replacing it: deleting what it lists can never hit the files of a
+        # manifest written after ours (a concurrent writer's), only the version ours replaces
+        previous = self.lake.read_manifest(self.dataset, self.ds) or {}
         if self.lake.is_s3:
             with self.lake.fs.open_output_stream(final) as fh:
                 fh.write(body)
@@ -285,24 +311,39 @@ class PartitionWriter:
             with self.lake.fs.open_output_stream(tmp) as fh:
                 fh.write(body)
             self.lake.fs.move(tmp, final)
-        self._remove_unlisted(set(files) | set(self.artifacts) | {MANIFEST})
         self.manifest = manifest
+        replaced = set(previous.get("files", [])) | set(previous.get("artifacts", []))
+        self._remove(replaced - set(files) - set(self.artifacts))
         return manifest
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        for name in [self.data_file, *self.artifacts]:
+        try:
+            self.finish()
+        except OSError:
+            pass  # the file is deleted below anyway (a full disk cannot flush it)
+        tmp = f".{MANIFEST}.{self.run_id}"
+        for name in [self.data_file, *self.artifacts, tmp]:
             try:
                 self.lake.fs.delete_file(posixpath.join(self.dir, name))
             except (FileNotFoundError, OSError):
                 pass
 
-    def _remove_unlisted(self, keep: set[str]) -> None:
+    def _remove(self, replaced: set[str]) -> None:
+        """Delete the replaced version's files and crashed writers' leftovers (unlisted and
+        untouched for ORPHAN_GRACE_S); a concurrent writer's fresh files are left alone."""
+        keep = {MANIFEST, *self.manifest["files"], *self.manifest["artifacts"]}
+        cutoff = time.time() - ORPHAN_GRACE_S
         selector = pafs.FileSelector(self.dir, allow_not_found=True)
         for info in self.lake.fs.get_file_info(selector):
-            if info.type == pafs.FileType.File and posixpath.basename(info.path) not in keep:
-                self.lake.fs.delete_file(info.path)
+            name = posixpath.basename(info.path)
+            if info.type != pafs.FileType.File or name in keep:
+                continue
+            stale = info.mtime is not None and info.mtime.timestamp() < cutoff
+            if name in replaced or stale:
+                try:
+                    self.lake.fs.delete_file(info.path)
+                except FileNotFoundError:
+                    pass  # another writer removed it first
 
 
 @functools.cache

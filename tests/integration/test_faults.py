@@ -1,0 +1,390 @@
+"""Faults injected into real processes (issue 13 §1): the lake's disk full, the step killed
+between writing files and committing, two writers of one day, the S3 endpoint cut mid-write,
+MySQL killed or unreachable mid-extract, the SMTP server refusing. Each test breaks the real
+component at a chosen moment (synchronised on an observable event, never a sleep) and checks the
+invariants: nothing lost, nothing duplicated, the previous good partition never damaged, a clear
+error, and the retry completes the work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from ml.config import Settings
+from ml.etl import reconcile, run_etl
+from ml.lake import Lake, LakeError
+from tests.conftest import REPO, VENV_BIN
+from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, jpeg, row
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+NOW = DAY + (WINDOW.end - WINDOW.start) * 2
+DATASETS = ("posts_raw", "posts_clean", "quarantine")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(1, 8):
+        (root / f"{i}.jpg").write_bytes(jpeg((30 * i, 90, 200 - 20 * i)))
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fresh_mysql_db, images: Path) -> Settings:
+    return Settings.load(
+        {
+            "mysql_uri": fresh_mysql_db.reader.uri(),
+            "lake": str(tmp_path / "lake"),
+            "image_root": str(images),
+            "image_workers": 1,
+            "extract_chunk_rows": 4,
+        }
+    )
+
+
+def day_rows(ids: range) -> list[tuple]:
+    return [row(i, DAY + (WINDOW.end - WINDOW.start) * (i % 20) / 24) for i in ids]
+
+
+def snapshot(lake: Lake) -> dict[str, tuple[str, list[int]]]:
+    """dataset -> (committed run id, sorted ids) of DAY."""
+    return {d: (lake.read_manifest(d, DAY)["run_id"], ids_of(lake, d)) for d in DATASETS}
+
+
+def step_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = os.environ.copy() | {
+        "POSTFLOW_MYSQL_URI": settings.mysql_uri,
+        "POSTFLOW_LAKE": settings.lake,
+        "POSTFLOW_IMAGE_ROOT": settings.image_root,
+        "POSTFLOW_IMAGE_WORKERS": "1",
+        "POSTFLOW_EXTRACT_CHUNK_ROWS": str(settings.extract_chunk_rows),
+        "POSTFLOW_CONFIG": "",
+        "PYTHONPATH": str(REPO),
+    }
+    if settings.s3_endpoint:
+        env["POSTFLOW_S3_ENDPOINT"] = settings.s3_endpoint
+    return env | extra
+
+
+ETL = [str(VENV_BIN / "python"), "-m", "ml", "etl", "--start", DAY.date().isoformat()]
+
+# The step, run as `python -m ml etl`, but stopping inside its first commit once its data files
+# are closed and before the manifest is written: it writes $PF_MARKER and waits for stdin.
+PAUSED_ETL = """
+import os, sys
+from pathlib import Path
+import ml.lake as lake
+from ml.etl import main
+commit = lake.PartitionWriter.commit
+def paused(self):
+    files = self.finish()
+    Path(os.environ["PF_MARKER"]).write_text(self.dataset + " " + " ".join(files))
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit("not told to go on")
+    return commit(self)
+lake.PartitionWriter.commit = paused
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def paused_step(settings: Settings, marker: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(VENV_BIN / "python"), "-c", PAUSED_ETL, *ETL[4:], *args],
+        cwd=REPO,
+        env=step_env(settings, PF_MARKER=str(marker)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"step exited {proc.returncode}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.05)
+    return path.read_text()
+
+
+# -- the lake's disk full -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs (needs root: mount); unmounted whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill `disk` to the last byte; returns the filler file."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == 28  # ENOSPC
+    return filler
+
+
+@pytest.mark.timeout(300)
+def test_disk_full_fails_cleanly_and_keeps_the_old_partition(settings, fresh_mysql_db, small_disk):
+    settings = settings.replace(lake=str(small_disk / "lake"))
+    insert(fresh_mysql_db, day_rows(range(1, 21)))
+    run_etl(settings, WINDOW, now=NOW)
+    lake = Lake.from_settings(settings)
+    before = snapshot(lake)
+    files_before = sorted(p.relative_to(small_disk) for p in small_disk.rglob("*.parquet"))
+
+    insert(fresh_mysql_db, [row(i, DAY + (WINDOW.end - WINDOW.start) / 2) for i in range(21, 41)])
+    filler = fill(small_disk)
+    out = subprocess.run(ETL, cwd=REPO, env=step_env(settings), capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "No space left on device" in out.stderr and "not committed" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert snapshot(lake) == before  # the old partitions stay readable, unchanged
+    files_now = sorted(p.relative_to(small_disk) for p in small_disk.rglob("*.parquet"))
+    assert files_now == files_before  # the failed run left no partial file behind
+
+    filler.unlink()  # space again: the retry completes
+    out = subprocess.run(ETL, cwd=REPO, env=step_env(settings), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ids_of(lake, "posts_raw") == list(range(1, 41))
+    assert reconcile(settings, WINDOW)["rows_in"] == 40
+
+
+# -- a crash between writing files and committing the manifest ----------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_between_files_and_manifest_keeps_the_old_partition(
+    settings, fresh_mysql_db, tmp_path
+):
+    insert(fresh_mysql_db, day_rows(range(1, 21)))
+    run_etl(settings, WINDOW, now=NOW)
+    lake = Lake.from_settings(settings)
+    before = snapshot(lake)
+    insert(fresh_mysql_db, [row(i, DAY + (WINDOW.end - WINDOW.start) / 2) for i in range(21, 31)])
+
+    marker = tmp_path / "at-commit"
+    proc = paused_step(settings, marker, "--step", "extract")
+    dataset, *files = wait_for_file(marker, proc).split()
+    raw_dir = Path(settings.lake) / "posts_raw" / f"ds={DAY.date()}"
+    assert dataset == "posts_raw" and files and all((raw_dir / f).exists() for f in files)
+    proc.send_signal(signal.SIGKILL)  # as the OOM killer would
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+    assert snapshot(lake) == before  # the new file is there, unlisted: readers never see it
+    out = subprocess.run(ETL, cwd=REPO, env=step_env(settings), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr  # the retry commits cleanly
+    assert ids_of(lake, "posts_raw") == list(range(1, 31))
+    assert reconcile(settings, WINDOW)["rows_in"] == 30
+    listed = set(lake.read_manifest("posts_raw", DAY)["files"])
+    assert not listed & set(files)
+
+
+def test_files_of_a_crashed_writer_are_removed_once_stale(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    schema = pa.schema([("id", pa.int64())])
+    with lake.writer("t", DAY, schema) as w:
+        w.write(pa.table({"id": [1]}))
+    part = Path(lake.partition_path("t", DAY))
+    fresh, stale = part / "part-crashed-fresh.parquet", part / "part-crashed-stale.parquet"
+    fresh.write_bytes(b"x")
+    stale.write_bytes(b"x")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    with lake.writer("t", DAY, schema) as w:
+        w.write(pa.table({"id": [2]}))
+    names = {p.name for p in part.iterdir()}
+    assert fresh.name in names  # could be a writer still running
+    assert stale.name not in names
+    assert len([n for n in names if n.endswith(".parquet")]) == 2  # the new version + fresh
+    assert lake.read_partition("t", DAY).column("id").to_pylist() == [2]
+
+
+# -- two runs of the same day at once -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_writers_of_one_partition_leave_it_whole(tmp_path, s3_server, where):
+    """A backfill and a scheduled run write the same day: whichever commits last wins, whole;
+    the first to commit must not delete the other's files (it did: the partition then listed a
+    file that was gone)."""
+    root = str(tmp_path / "lake") if where == "local" else f"s3://{s3_server.bucket()}/lake"
+    lake = Lake(root, s3_server.endpoint)
+    schema = pa.schema([("id", pa.int64())])
+    with lake.writer("t", DAY, schema) as w:
+        w.write(pa.table({"id": [0]}))
+    with lake.writer("t", DAY, schema) as a, lake.writer("t", DAY, schema) as b:
+        a.write(pa.table({"id": [1, 2]}))
+        b.write(pa.table({"id": [3, 4]}))
+        b.finish()  # b's file is complete (visible on S3 too) while a commits first
+    # leaving the `with`: b (inner) commits first, then a
+    assert lake.read_partition("t", DAY).column("id").to_pylist() == [1, 2]
+    with lake.writer("t", DAY, schema) as a, lake.writer("t", DAY, schema) as b:
+        a.write(pa.table({"id": [5]}))
+        a.finish()
+        b.write(pa.table({"id": [6]}))
+    assert lake.read_partition("t", DAY).column("id").to_pylist() == [5]
+
+
+@pytest.mark.timeout(300)
+def test_two_etl_runs_of_one_day_at_once(settings, fresh_mysql_db, tmp_path):
+    """Two `python -m ml etl` of the same day, interleaved: both stop with their files written
+    and no manifest, then both commit. Both finish; the day is whole, without duplicates."""
+    insert(fresh_mysql_db, day_rows(range(1, 31)))
+    procs = [paused_step(settings, tmp_path / f"m{i}") for i in range(2)]
+    for i, p in enumerate(procs):
+        assert wait_for_file(tmp_path / f"m{i}", p).startswith("posts_raw")
+    outs = []
+    for p in procs:
+        outs.append(p.communicate("go\n" * 3, timeout=240))
+        assert p.returncode == 0, outs[-1][1]
+    lake = Lake.from_settings(settings)
+    raw = ids_of(lake, "posts_raw")
+    assert raw == list(range(1, 31))
+    both = ids_of(lake, "posts_clean") + ids_of(lake, "quarantine")
+    assert sorted(both) == raw and not [i for i, n in Counter(both).items() if n > 1]
+    assert reconcile(settings, WINDOW)["rows_in"] == 30
+
+
+# -- the S3 endpoint gone mid-write -------------------------------------------------------------
+
+
+class TcpProxy:
+    """A loopback TCP proxy the test controls: `cut()` closes every live connection and refuses
+    new ones (accepted, then closed at once), `resume()` lets them through again. `accepted`
+    counts connections, `refused` those turned away."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.open = threading.Event()
+        self.open.set()
+        self.live: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.accepted = self.refused = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.open.is_set():
+                self.refused += 1
+                client.close()
+                continue
+            self.accepted += 1
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.live |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def cut(self) -> None:
+        self.open.clear()
+        with self.lock:
+            live, self.live = self.live, set()
+        for s in live:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def resume(self) -> None:
+        self.open.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.sock.close()
+
+
+@pytest.fixture
+def proxy():
+    made: list[TcpProxy] = []
+    yield lambda port: made.append(TcpProxy(port)) or made[-1]
+    for p in made:
+        p.close()
+
+
+@pytest.mark.timeout(300)
+def test_s3_endpoint_gone_mid_write_then_back(settings, fresh_mysql_db, s3_server, proxy, tmp_path):
+    s3 = proxy(s3_server.port)
+    settings = settings.replace(
+        lake=f"s3://{s3_server.bucket()}/lake", s3_endpoint=f"http://127.0.0.1:{s3.port}"
+    )
+    insert(fresh_mysql_db, day_rows(range(1, 21)))
+    run_etl(settings, WINDOW, now=NOW)
+    direct = Lake(settings.lake, s3_server.endpoint)  # reads past the proxy
+    before = snapshot(direct)
+    insert(fresh_mysql_db, [row(i, DAY + (WINDOW.end - WINDOW.start) / 2) for i in range(21, 31)])
+
+    marker = tmp_path / "at-commit"
+    proc = paused_step(settings, marker, "--step", "extract")
+    assert wait_for_file(marker, proc).startswith("posts_raw")
+    s3.cut()  # the endpoint goes away with the data written and the manifest not yet
+    _, err = proc.communicate("go\n", timeout=240)
+    assert proc.returncode == 2, err
+    assert "postflow etl: error:" in err and "posts_raw/ds=2026-11-20" in err
+    assert s3.refused > 0  # it did try again (pyarrow's retry strategy) before giving up
+    assert snapshot(direct) == before
+
+    s3.resume()  # the endpoint is back: the retry completes
+    out = subprocess.run(ETL, cwd=REPO, env=step_env(settings), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ids_of(direct, "posts_raw") == list(range(1, 31))
+    assert reconcile(settings, WINDOW)["rows_in"] == 30
+
+
+def test_lake_error_names_the_partition(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    with pytest.raises(LakeError, match="not committed"):
+        with lake.writer("t", DAY, pa.schema([("id", pa.int64())])) as w:
+            w.write(pa.table({"id": [1]}))
+            raise OSError(28, "No space left on device")
+    assert lake.read_manifest("t", DAY) is None
