@@ -91,7 +91,7 @@ def model_history(history: dict[str, Any]) -> Chart | None:
     rows = [
         v
         for v in history["versions"]
-        if any(v["mlp"][m] is not None for m in ("accuracy", "macro_f1"))
+        if any(v["model"][m] is not None for m in ("accuracy", "macro_f1"))
     ]
     if not rows:
         return None
@@ -107,11 +107,11 @@ def model_history(history: dict[str, Any]) -> Chart | None:
             ax.plot(x, ys, style, color=COLORS[model], label=f"{model} baseline", lw=1.5)
             # a short level per version too: with one version a line alone draws nothing
             ax.hlines(ys, x - 0.3, x + 0.3, colors=COLORS[model], linestyles=style, lw=1.5)
-        ys = [v["mlp"][metric] if v["mlp"][metric] is not None else nan for v in rows]
-        ax.plot(x, ys, "o-", color=COLORS["mlp"], label="model (MLP)", ms=4)
+        ys = [v["model"][metric] if v["model"][metric] is not None else nan for v in rows]
+        ax.plot(x, ys, "o-", color=COLORS["mlp"], label="registered model", ms=4)
         for i, v in enumerate(rows):
-            if v["champion"] and v["mlp"][metric] is not None:
-                ax.plot([i], [v["mlp"][metric]], "*", color="#C44E52", ms=14, label="champion")
+            if v["champion"] and v["model"][metric] is not None:
+                ax.plot([i], [v["model"][metric]], "*", color="#C44E52", ms=14, label="champion")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
@@ -129,7 +129,8 @@ def model_history(history: dict[str, Any]) -> Chart | None:
         f"{history['since']}"
         + (
             f", champion v{champ[0]['version']} starred (accuracy "
-            f"{num(champ[0]['mlp']['accuracy'])}, macro-F1 {num(champ[0]['mlp']['macro_f1'])})"
+            f"{num(champ[0]['model']['accuracy'])}, macro-F1 "
+            f"{num(champ[0]['model']['macro_f1'])})"
             if champ
             else ", no champion among them"
         )
@@ -182,11 +183,14 @@ def learning_curves(curves: dict[str, Any] | None) -> Chart | None:
         if i is not None
         else ""
     )
+    who = f"v{curves['version']}"
+    if curves.get("family") not in (None, "mlp"):  # the registered model has no epochs
+        who = f"the MLP trained beside {who} ({curves['family']} registered)"
     alt = (
-        f"Learning curves of v{curves['version']} over {len(x)} epochs{at}; the numbers per "
-        "epoch are in the table below."
+        f"Learning curves of {who} over {len(x)} epochs{at}; the numbers per epoch are in the "
+        "table below."
     )
-    return Chart("learning_curves", f"Learning curves of v{curves['version']}", alt, png(fig, DPI))
+    return Chart("learning_curves", f"Learning curves of {who}", alt, png(fig, DPI))
 
 
 def confusion(evaluation: dict[str, Any] | None, edges: Sequence[int]) -> Chart | None:

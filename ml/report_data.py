@@ -242,6 +242,12 @@ def version_info(client: Any, mv: Any) -> dict[str, Any]:
         "decided_at": vtags.get("postflow.decided_at"),
         "test": {
             m: {k: _finite(metrics.get(f"{m}_test_{k}")) for k in FINAL_METRICS} for m in MODELS
+        }
+        | {  # the registered family's scores (`model_test_*`; older runs: always the MLP)
+            "model": {
+                k: _finite(metrics.get(f"model_test_{k}", metrics.get(f"mlp_test_{k}")))
+                for k in FINAL_METRICS
+            }
         },
         "test_recall": [
             _finite(metrics[k])
@@ -308,7 +314,8 @@ def history_section(versions: list[dict[str, Any]], champion: dict | None, setti
                 "date": v["date"],
                 "champion": v["version"] == champ,
                 "promotion": v["promotion"],
-                **{m: v["test"][m] for m in MODELS},
+                "family": v["family"],
+                **{m: v["test"][m] for m in (*MODELS, "model")},
             }
             for v in rows
         ],
@@ -421,7 +428,8 @@ def evaluation_section(
             "No test data: the current training window has no labelled test posts, so the "
             "champion could not be evaluated on it."
         )
-    test = ((logged_metrics or {}).get("mlp") or {}).get("test")
+    family = champion.get("family") or "mlp"  # the logged scores of the registered family
+    test = ((logged_metrics or {}).get(family) or {}).get("test")
     if test and test.get("confusion_matrix"):
         reason = f" (live evaluation not possible: {live_error})" if live_error else ""
         notes.append(

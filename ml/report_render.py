@@ -107,8 +107,9 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
         out.append("  none")
     for v in r["history"]["versions"]:
         out.append(
-            f"  v{v['version']:<4} data to {v['date']}  accuracy {num(v['mlp']['accuracy'])}  "
-            f"macro-F1 {num(v['mlp']['macro_f1'])}  majority {num(v['majority']['accuracy'])}/"
+            f"  v{v['version']:<4} data to {v['date']}  {v.get('family') or 'mlp':<8}  accuracy "
+            f"{num(v['model']['accuracy'])}  macro-F1 {num(v['model']['macro_f1'])}  majority "
+            f"{num(v['majority']['accuracy'])}/"
             f"{num(v['majority']['macro_f1'])}  logistic {num(v['logistic']['accuracy'])}/"
             f"{num(v['logistic']['macro_f1'])}"
             + ("  CHAMPION" if v["champion"] else f"  {v['promotion'] or ''}")
@@ -117,6 +118,8 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
     lc = r.get("curves")
     if lc and lc["epochs"]:
         best = lc["best_epoch"]
+        if lc.get("family") not in (None, "mlp"):
+            out.append(f"  the MLP trained beside v{lc['version']} ({lc['family']} registered)")
         out.append(
             f"  v{lc['version']} (data to {lc['date']}, run {lc['run_id']}), best epoch "
             f"{'n/a' if best is None else best}"

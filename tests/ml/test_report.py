@@ -217,7 +217,13 @@ class FakeClient:
 
 
 def version(
-    v: int, window: tuple[str, str], promotion: str | None, f1: float, decided: str, **extra
+    v: int,
+    window: tuple[str, str],
+    promotion: str | None,
+    f1: float,
+    decided: str,
+    family: str | None = None,
+    **extra,
 ) -> dict[str, Any]:
     metrics = {"rows": 1000.0 + v, "split_train_rows": 600.0, "split_val_rows": 200.0}
     metrics["split_test_rows"] = 200.0
@@ -225,6 +231,9 @@ def version(
         metrics[f"{m}_test_accuracy"] = base + 0.1
         metrics[f"{m}_test_macro_f1"] = base
         metrics[f"{m}_test_balanced_accuracy"] = base
+        if m == family:  # newer runs: the registered family's scores as model_test_*
+            for k in ("accuracy", "macro_f1", "balanced_accuracy"):
+                metrics[f"model_test_{k}"] = metrics[f"{m}_test_{k}"]
     vtags = {"postflow.promotion": promotion, "postflow.decided_at": decided} if promotion else {}
     if promotion:
         vtags |= {
@@ -238,7 +247,6 @@ def version(
             "postflow.challenger_macro_f1_ci": json.dumps([f1 - 0.03, f1 + 0.03]),
             "postflow.champion_macro_f1_ci": "[0.28, 0.33]",
             "postflow.improvement_ci": "[-0.01, 0.11]",
-            "postflow.family": "mlp",
         }
     return {
         "version": str(v),
@@ -247,7 +255,8 @@ def version(
             "postflow.window": f"{window[0]}..{window[1]}",
             "postflow.image_weights": "none",
             "postflow.code_version": "0.1.0+test",
-        },
+        }
+        | ({"postflow.family": family} if family else {}),
         "vtags": vtags,
         **extra,
     }
@@ -292,7 +301,8 @@ def registry() -> FakeClient:
                 "rejected",
                 0.35,
                 "2026-11-19T03:00:00+00:00",
-                curves=CURVES,  # an older run: no train_accuracy
+                family="logistic",  # it won on validation: the MLP's curves are shown
+                curves=CURVES,  # no train_accuracy, as in older runs
             ),
         ],
         alias="2",
@@ -408,6 +418,10 @@ def test_report_numbers(built):
 
     assert [v["version"] for v in data["history"]["versions"]] == ["1", "2", "3"]
     assert [v["champion"] for v in data["history"]["versions"]] == [False, True, False]
+    # v3 registered its logistic model: the history shows that model's scores
+    v3 = data["history"]["versions"][2]
+    assert v3["family"] == "logistic" and v3["model"] == v3["logistic"] != v3["mlp"]
+    assert data["history"]["versions"][1]["model"] == data["history"]["versions"][1]["mlp"]
     assert data["champion"]["version"] == "2"
     assert data["champion"]["window"] == ["2026-11-09", "2026-11-15"]
     assert data["champion"]["image_weights"] == "none" and data["champion"]["rows"] == 1002
@@ -415,7 +429,7 @@ def test_report_numbers(built):
     assert data["decisions"][0]["promotion"] == "rejected"
     d = data["decisions"][0]
     assert d["improvement_ci"] == [-0.01, 0.11] and d["champion_ci"] == [0.28, 0.33]
-    assert d["challenger_ci"] == pytest.approx([0.32, 0.38]) and d["family"] == "mlp"
+    assert d["challenger_ci"] == pytest.approx([0.32, 0.38]) and d["family"] == "logistic"
     html, text = H.render_html(data, {}, None, "x"), H.render_text(data)
     assert "[-0.010, 0.110]" in html and "gain interval [-0.010, 0.110]" in text
     assert (
@@ -566,6 +580,7 @@ def test_archive_round_trip_and_email(built):
     for m in er["mistakes"]:
         assert f"post {m['post_id']} ({m['ds']})" in body
     assert "3. Learning curves of the newest version" in body
+    assert "the MLP trained beside v3 (logistic registered)" in body
     assert (
         f"v{lc['version']} (data to {lc['date']}" in body and "not logged: train_accuracy" in body
     )
