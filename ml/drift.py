@@ -147,6 +147,8 @@ def drift_section(
     }
     ref_y = matured_labels(lake, settings, first, last, edges)
     cur_y = matured_labels(lake, settings, week.start, week.last_day, edges)
+    out["reference_labels"] = 0 if ref_y is None else len(ref_y)  # say which side is empty
+    out["week_labels"] = 0 if cur_y is None else len(cur_y)
     if ref_y is not None and len(ref_y) and cur_y is not None and len(cur_y):
         ref_h = histogram(ref_y, len(edges))
         cur_h = histogram(cur_y, len(edges))
@@ -172,6 +174,8 @@ def drift_section(
     ref_d = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
     ref_x = sample_features(lake, ref_d, max_rows)
     cur_x = sample_features(lake, week.days, max_rows)
+    out["reference_embeddings"] = 0 if ref_x is None else len(ref_x[0])
+    out["week_embeddings"] = 0 if cur_x is None else len(cur_x[0])
     if ref_x is not None and cur_x is not None and min(len(ref_x[0]), len(cur_x[0])) >= 2:
         for i, name in enumerate(("image", "caption")):
             d = embedding_drift(ref_x[i], cur_x[i])

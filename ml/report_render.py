@@ -203,7 +203,10 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
                 f"{pct(lab['week_share'][i]):>7}  PSI {num(lab['psi_per_bin'][i], 4)}"
             )
     else:
-        out.append("  labels: nothing to compare")
+        out.append(
+            f"  labels: nothing to compare ({dr['reference_labels']} settled in the "
+            f"{dr['reference_weeks']} weeks before, {dr['week_labels']} this week)"
+        )
     for name, d in dr["embeddings"].items():
         out.append(
             f"  {name} embeddings: PSI norm {num(d['psi_norm'], 4)}, PSI 1st component "

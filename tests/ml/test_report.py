@@ -495,7 +495,8 @@ def test_logged_confusion_matrix_when_there_are_no_features(settings):
     assert data["errors"]["pairs"] == [] and data["errors"]["mistakes"] == []
     assert "does not name its posts" in data["errors"]["note"]
     assert any("logged when champion v2 was trained" in n for n in data["notes"])
-    assert data["drift"]["embeddings"] == {}
+    assert data["drift"]["embeddings"] == {} and data["drift"]["week_embeddings"] == 0
+    assert data["drift"]["week_labels"] == data["labels"]["rows"] > 0
 
 
 def test_no_test_data_falls_back_to_the_logged_matrix_and_says_so(settings):
@@ -522,6 +523,10 @@ def test_empty_week_without_champion(settings):
         assert expected in text
     html = H.render_html(data, {}, None, "file:///x")
     assert "<img" not in html and "Empty week" in html and "There is no champion" in html
+    assert "nothing to compare (0 labels settled in the 4 weeks before, 0 this week)" in html
+    assert "nothing to compare (0 settled in the 4 weeks before, 0 this week)" in H.render_text(
+        data
+    )
     assert "no champion" in E.subject_of(data) and "no data" in E.subject_of(data)
 
 
