@@ -1,87 +1,122 @@
-# syntax=docker/dockerfile:1
 # postflow's images. Every pip install goes through requirements/constraints.txt (the lock), so
 # the images run exactly the versions the tests ran. What each image installs is written once, in
 # pyproject.toml: `dependencies` plus the image's extra (`airflow`, `ml`; `mlflow-server` alone).
 #
-#   docker build --target airflow -t postflow-airflow:0.1.0 .   # scheduler, API server, ETL tasks
-#   docker build --target ml      -t postflow-ml:0.1.0 .        # GPU pods: python -m ml <step>
-#   docker build --target mlflow  -t postflow-mlflow:0.1.0 .    # tracking server (compose)
+#   docker build --target airflow   -t postflow-airflow:0.1.0 .    # scheduler, API server, workers
+#   docker build --target ml        -t postflow-ml:0.1.0 .         # GPU pods: python -m ml <step>
+#   docker build --target ml-worker -t postflow-ml-worker:0.1.0 \  # compose: Celery worker of
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .  # the `ml` queue
+#   docker build --target mlflow    -t postflow-mlflow:0.1.0 .     # tracking server (compose)
 #
-# `airflow`: the official Airflow image of the pinned version, our providers, DAGs, plugins,
+# Every image derives from one Debian bookworm Python 3.11 base (PYTHON_BASE) and installs into
+# /opt/venv: Airflow itself comes from the lock (apache-airflow==3.3.2, as in the official image),
+# so a site that cannot pull python:3.11-slim-bookworm passes its own base (`make stack-test`
+# builds one with debootstrap) and changes nothing else. pip's own settings pass through as build
+# args (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX, PIP_TRUSTED_HOST): a
+# mirror or a wheelhouse (`pip wheel -c requirements/constraints.txt ...`) for offline builds.
+#
+# `airflow`: Airflow, our providers (MySQL, SMTP, Kubernetes, Celery, FAB), DAGs, plugins,
 # expectation suites and the `ml` package with what ETL and the weekly report import (pandas,
-# pyarrow, Great Expectations, ConnectorX, MLflow client, matplotlib ...) but no torch:
-# embedding and training run in the `ml` image, in Kubernetes pods.
-# `ml`: Python 3.11 with torch/torchvision from the lock. PyPI's torch wheels carry their CUDA
-# user-space libraries (the lock's nvidia-*-cu13 packages), so the base needs no CUDA toolkit;
-# the node needs an NVIDIA driver that supports CUDA 13 and the NVIDIA container runtime.
+# pyarrow, Great Expectations, ConnectorX, MLflow client, matplotlib ...) but no torch.
+# `ml`: torch/torchvision from the lock. PyPI's torch wheels carry their CUDA user-space libraries
+# (the lock's nvidia-*-cu13 packages), so the base needs no CUDA toolkit; the node needs an NVIDIA
+# driver that supports CUDA 13 and the NVIDIA container runtime. ResNet50's ImageNet weights are
+# fetched at build time by torchvision (checksum checked) into TORCH_HOME, so pods never download:
+# see deploy/docker/resnet50_weights.py for a build with no network.
+# `ml-worker`: what the `ml` image holds plus Airflow: the compose stack's Celery worker of the `ml` queue
+# (embed, train run there as subprocesses). TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# gives the lock's torch version as CPU wheels (`2.14.1+cpu` satisfies `==2.14.1`).
 
-ARG AIRFLOW_VERSION=3.3.2
-ARG PYTHON_VERSION=3.11
+ARG PYTHON_BASE=python:3.11-slim-bookworm
 
-# --------------------------------------------------------------------------- airflow
-FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS airflow-build
-USER root
-# mysqlclient compiles against libmariadb when the lock's version differs from the image's
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential pkg-config libmariadb-dev \
- && rm -rf /var/lib/apt/lists/*
-USER airflow
-COPY --chown=airflow:0 requirements/constraints.txt /tmp/postflow/requirements/constraints.txt
-COPY --chown=airflow:0 requirements/extras.py /tmp/postflow/requirements/extras.py
-COPY --chown=airflow:0 pyproject.toml /tmp/postflow/pyproject.toml
-# The official image installs into ~/.local (PIP_USER); the final stage copies that tree.
-# postflow's dependencies and its `airflow` extra, as pyproject.toml lists them; the code comes
-# after, so this layer outlives code changes.
-RUN python /tmp/postflow/requirements/extras.py airflow > /tmp/postflow/requirements.txt \
- && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
-      -r /tmp/postflow/requirements.txt
-COPY --chown=airflow:0 ml /tmp/postflow/ml
-COPY --chown=airflow:0 plugins /tmp/postflow/plugins
-RUN pip install --no-cache-dir --no-deps /tmp/postflow
-
-FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS airflow
-COPY --from=airflow-build --chown=airflow:0 /home/airflow/.local /home/airflow/.local
-COPY --chown=airflow:0 dags /opt/airflow/dags
-COPY --chown=airflow:0 plugins /opt/airflow/plugins
-COPY --chown=airflow:0 expectations /opt/airflow/expectations
-ENV AIRFLOW__CORE__LOAD_EXAMPLES=False \
-    POSTFLOW_EXPECTATIONS_DIR=/opt/airflow/expectations \
+# --------------------------------------------------------------------------- python
+FROM ${PYTHON_BASE} AS python
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     POSTFLOW_CONFIG=""
-USER airflow
-# mount point of the SimpleAuthManager password volume (a new volume takes this owner)
-RUN mkdir -p /opt/airflow/auth
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libmariadb3 libgomp1 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 postflow \
+ && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/postflow postflow \
+ && useradd --uid 50000 --gid 0 --create-home --home-dir /home/airflow airflow
 
-# --------------------------------------------------------------------------- ml
-FROM python:${PYTHON_VERSION}-slim-bookworm AS ml-build
+FROM python AS build
+# mysqlclient compiles against libmariadb (PyPI has no Linux wheel of it)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential pkg-config libmariadb-dev \
+      python3-dev \
  && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
 COPY requirements/constraints.txt /tmp/postflow/requirements/constraints.txt
 COPY requirements/extras.py /tmp/postflow/requirements/extras.py
 COPY pyproject.toml /tmp/postflow/pyproject.toml
-# Everything `ml` imports, Airflow excluded: postflow's dependencies and its `ml` extra (torch and
-# torchvision exactly as in the lock).
-RUN python /tmp/postflow/requirements/extras.py ml > /tmp/postflow/requirements.txt \
+
+# --------------------------------------------------------------------------- airflow
+FROM build AS airflow-build
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
+# postflow's dependencies and its `airflow` extra, as pyproject.toml lists them; the code comes
+# after, so this layer outlives code changes.
+RUN python3 /tmp/postflow/requirements/extras.py airflow > /tmp/postflow/requirements.txt \
  && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
       -r /tmp/postflow/requirements.txt
 COPY ml /tmp/postflow/ml
 COPY plugins /tmp/postflow/plugins
 RUN pip install --no-cache-dir --no-deps /tmp/postflow
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS ml
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libmariadb3 libgomp1 \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --gid 10001 postflow \
- && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/postflow postflow
+FROM python AS airflow
+COPY --from=airflow-build /opt/venv /opt/venv
+COPY dags /opt/airflow/dags
+COPY plugins /opt/airflow/plugins
+COPY expectations /opt/airflow/expectations
+ENV AIRFLOW_HOME=/opt/airflow \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False \
+    POSTFLOW_EXPECTATIONS_DIR=/opt/airflow/expectations
+# logs and the SimpleAuthManager password file are volumes: a new volume takes these owners
+RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow/logs /opt/airflow/auth
+WORKDIR /opt/airflow
+USER 50000:0
+ENTRYPOINT ["airflow"]
+CMD ["version"]
+
+# --------------------------------------------------------------------------- ml
+FROM build AS ml-build
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
+# empty: PyPI's CUDA wheels (GPU pods); https://download.pytorch.org/whl/cpu: CPU wheels
+ARG TORCH_INDEX_URL=""
+# Everything `ml` imports, Airflow excluded: postflow's dependencies and its `ml` extra (torch and
+# torchvision exactly as in the lock).
+RUN python3 /tmp/postflow/requirements/extras.py ml > /tmp/postflow/requirements.txt \
+ && pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url=$TORCH_INDEX_URL} \
+      -c /tmp/postflow/requirements/constraints.txt -r /tmp/postflow/requirements.txt
+COPY ml /tmp/postflow/ml
+COPY plugins /tmp/postflow/plugins
+RUN pip install --no-cache-dir --no-deps /tmp/postflow
+# ResNet50 ImageNet weights into TORCH_HOME (torchvision's download, checksum checked; or the
+# file deploy/docker/resnet50-11ad3fa6.pth, same check). RESNET50_WEIGHTS=none: no weights, the
+# image embeds with random weights (tagged so): for test stacks on machines with no network only.
+ARG RESNET50_WEIGHTS=imagenet
+ENV TORCH_HOME=/opt/torch
+COPY deploy/docker /tmp/postflow/docker
+RUN python /tmp/postflow/docker/resnet50_weights.py "$RESNET50_WEIGHTS" /tmp/postflow/docker
+
+FROM python AS ml
+ARG RESNET50_WEIGHTS=imagenet
 COPY --from=ml-build /opt/venv /opt/venv
+COPY --from=ml-build /opt/torch /opt/torch
 COPY expectations /opt/postflow/expectations
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    POSTFLOW_EXPECTATIONS_DIR=/opt/postflow/expectations \
-    POSTFLOW_CONFIG="" \
+ENV POSTFLOW_EXPECTATIONS_DIR=/opt/postflow/expectations \
+    POSTFLOW_IMAGE_WEIGHTS=${RESNET50_WEIGHTS} \
+    TORCH_HOME=/opt/torch \
     HF_HUB_OFFLINE=1 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
@@ -90,19 +125,58 @@ USER 10001:10001
 ENTRYPOINT ["python", "-m", "ml"]
 CMD ["--help"]
 
+# --------------------------------------------------------------------------- ml-worker
+FROM ml-build AS ml-worker-build
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
+RUN python3 /tmp/postflow/requirements/extras.py --extras-only airflow \
+      > /tmp/postflow/requirements-airflow.txt \
+ && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
+      -r /tmp/postflow/requirements-airflow.txt
+
+FROM python AS ml-worker
+ARG RESNET50_WEIGHTS=imagenet
+COPY --from=ml-worker-build /opt/venv /opt/venv
+COPY --from=ml-build /opt/torch /opt/torch
+COPY dags /opt/airflow/dags
+COPY plugins /opt/airflow/plugins
+COPY expectations /opt/airflow/expectations
+ENV AIRFLOW_HOME=/opt/airflow \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False \
+    POSTFLOW_EXPECTATIONS_DIR=/opt/airflow/expectations \
+    POSTFLOW_IMAGE_WEIGHTS=${RESNET50_WEIGHTS} \
+    TORCH_HOME=/opt/torch \
+    HF_HUB_OFFLINE=1
+RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow/logs
+WORKDIR /opt/airflow
+USER 50000:0
+ENTRYPOINT ["airflow"]
+CMD ["celery", "worker", "--queues", "ml"]
+
 # --------------------------------------------------------------------------- mlflow
 # The tracking server of the compose stack: postflow's `mlflow-server` extra alone (MLflow, the
-# PostgreSQL driver and boto3 for MinIO), without postflow itself, all from the lock.
-FROM python:${PYTHON_VERSION}-slim-bookworm AS mlflow
+# PostgreSQL driver and boto3 for the S3 store), without postflow itself, all from the lock.
+FROM python AS mlflow-build
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
+RUN python3 -m venv /opt/venv
 COPY requirements/constraints.txt /tmp/postflow/requirements/constraints.txt
 COPY requirements/extras.py /tmp/postflow/requirements/extras.py
 COPY pyproject.toml /tmp/postflow/pyproject.toml
-RUN python /tmp/postflow/requirements/extras.py --extras-only mlflow-server \
+RUN python3 /tmp/postflow/requirements/extras.py --extras-only mlflow-server \
       > /tmp/postflow/requirements.txt \
  && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
-      -r /tmp/postflow/requirements.txt \
- && rm -rf /tmp/postflow \
- && useradd --uid 10002 --create-home mlflow \
+      -r /tmp/postflow/requirements.txt
+
+FROM python AS mlflow
+COPY --from=mlflow-build /opt/venv /opt/venv
+RUN useradd --uid 10002 --create-home mlflow \
  && install -d -o mlflow -g mlflow /home/mlflow/auth
 USER mlflow
 WORKDIR /home/mlflow

@@ -11,9 +11,9 @@ a week replaces its report.
 - `build_report`: label histograms, model versions over the last weeks, the champion's confusion
   matrix on the current test split, data quality, drift and promotion decisions → PNG charts and
   HTML, archived to `<lake>/reports/week=YYYY-Www/`; returns that URI.
-- `send_report`: reads the archived report back and emails it through the `smtp_default`
-  connection to POSTFLOW_REPORT_RECIPIENTS. It retries on its own: a mail failure never loses
-  or rebuilds the report.
+- `send_report`: reads the archived report back and emails it through the SMTP provider's hook
+  (the `smtp_default` connection's TLS/SSL, timeout and retries) to POSTFLOW_REPORT_RECIPIENTS.
+  It retries on its own: a mail failure never loses or rebuilds the report.
 - `log_report`: logs the archived report to MLflow (one run per week, replaced on re-run).
 
 Details: `ml/report.py` (`python -m ml report --week 2026-W47 --send` runs it without Airflow).
@@ -58,13 +58,13 @@ def weekly_report():
         max_retry_delay=timedelta(hours=1),
     )
     def send_report(built: dict) -> dict:
-        """Email the archived report through the `smtp_default` connection."""
-        from postflow_airflow.notify import smtp_params
+        """Email the archived report through the SMTP provider's hook and `smtp_default`."""
+        from postflow_airflow.notify import send_message
 
         from ml.config import Settings
         from ml.report import send_report
 
-        return send_report(Settings.load(), built["week"], smtp_params())
+        return send_report(Settings.load(), built["week"], send_message)
 
     @task
     def log_report(built: dict) -> dict:

@@ -34,6 +34,9 @@ class Settings:
     lake: str = str(DEFAULT_STATE_DIR / "lake")
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
+    # the S3 address mail readers can open: the report's presigned link is signed for it
+    # (None = s3_endpoint); compose: the S3 server's published port
+    s3_public_endpoint: str | None = None
     # where relative image_uri values are resolved (a folder or s3://bucket/prefix)
     image_root: str = str(DEFAULT_STATE_DIR / "images")
     # extraction
@@ -92,6 +95,11 @@ class Settings:
     k8s_gpus: int = 1
     k8s_node_selector: str = "nvidia.com/gpu.present=true"  # k=v[,k=v]
     k8s_tolerations: str = "nvidia.com/gpu=present:NoSchedule"  # key[=value]:effect[,...]
+    # GPU pods: the Airflow pool that caps how many run at once, and their execution_timeout
+    k8s_gpu_pool: str = "postflow_gpu"
+    k8s_gpu_timeout_s: int = 6 * 3600
+    # Celery queue of the ML steps (compose: "ml", served by the worker with torch)
+    ml_queue: str = "default"
     # weekly report
     report_recipients: str = "ml-team@example.com"  # comma-separated
     report_sender: str = "postflow@example.com"

@@ -27,7 +27,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -181,19 +183,23 @@ def build_report(settings: Any, week: Week | str, **kwargs: Any) -> dict[str, An
 
 
 def send_report(
-    settings: Any, week: Week | str, smtp: SmtpParams, recipients: list[str] | None = None
+    settings: Any,
+    week: Week | str,
+    smtp: SmtpParams | Callable[[EmailMessage], dict[str, Any]],
+    recipients: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Email the archived report of `week` (read back from the lake, never rebuilt)."""
+    """Email the archived report of `week` (read back from the lake, never rebuilt), with
+    smtplib (`SmtpParams`) or a sender taking the message (Airflow: the SMTP provider's hook)."""
     week = Week.parse(week) if isinstance(week, str) else week
     to = recipients if recipients is not None else addresses(settings.report_recipients)
     if not to:
         raise ConfigError("no report recipients: set POSTFLOW_REPORT_RECIPIENTS (comma-separated)")
     lake = Lake.from_settings(settings)
     archived = read_archive(lake, week)
-    link = report_link(lake, week, settings.report_link_expiry_s)
+    link = report_link(lake, week, settings.report_link_expiry_s, settings.s3_public_endpoint)
     msg = build_email(archived, settings.report_sender, to, link)
-    out = send_email(msg, smtp)
-    log.info("sent weekly report %s to %s via %s:%s", week, out["recipients"], smtp.host, smtp.port)
+    out = smtp(msg) if callable(smtp) else send_email(msg, smtp)
+    log.info("sent weekly report %s to %s", week, out["recipients"])
     return out | {"week": week.label, "uri": archived.uri}
 
 

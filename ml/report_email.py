@@ -42,9 +42,12 @@ class SmtpParams:
     timeout: float = 30.0
 
 
-def report_link(lake: Any, week: Week, expiry_s: int) -> dict[str, Any]:
-    """A time-limited https link to the archived `report.html` on S3; for a local lake, its
-    file:// URI (readable only on that machine, and the email says so)."""
+def report_link(
+    lake: Any, week: Week, expiry_s: int, public_endpoint: str | None = None
+) -> dict[str, Any]:
+    """A time-limited https link to the archived `report.html` on S3, signed for
+    `public_endpoint` (the address mail readers reach; default the lake's endpoint); for a local
+    lake, its file:// URI (readable only on that machine, and the email says so)."""
     uri = report_uri(lake, week) + "/report.html"
     if not lake.is_s3:
         return {
@@ -56,7 +59,8 @@ def report_link(lake: Any, week: Week, expiry_s: int) -> dict[str, Any]:
 
     bucket, _, key = posixpath.join(report_dir(lake, week), "report.html").partition("/")
     expiry = max(60, min(int(expiry_s), MAX_PRESIGN_S))
-    s3 = boto3.client("s3", endpoint_url=lake.s3_endpoint or None, region_name=lake.region)
+    endpoint = public_endpoint or lake.s3_endpoint or None
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=lake.region)
     url = s3.generate_presigned_url(
         "get_object",
         Params={"Bucket": bucket, "Key": key, "ResponseContentType": "text/html; charset=utf-8"},

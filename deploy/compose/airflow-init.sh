@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Airflow one-shot: migrate the metadata DB, then write SimpleAuthManager's password file (a
-# volume shared with the API server) from .env. Connections need no step: posts_mysql and
+# Airflow one-shot: migrate the metadata DB (Airflow's tables, then the FAB auth manager's), then
+# the FAB users `admin` (role Admin) and `viewer` (role Viewer, read-only) with the passwords from
+# .env; a second run resets those passwords. Connections need no step: posts_mysql and
 # smtp_default are AIRFLOW_CONN_* environment variables of every Airflow service.
 set -euo pipefail
 airflow db migrate
-python - <<'PY'
-import json
-import os
-
-users = [u.split(":")[0] for u in os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
-passwords = {u: os.environ[f"AIRFLOW_{u.upper()}_PASSWORD"] for u in users}
-path = os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
-fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-with os.fdopen(fd, "w") as fh:
-    fh.write(json.dumps(passwords) + "\n")
-print(f"airflow-init: passwords of {', '.join(users)} in {path}")
-PY
+airflow fab-db migrate
+user() {  # NAME ROLE PASSWORD
+  if airflow users list --output plain | awk '{print $2}' | grep -qx "$1"; then
+    airflow users reset-password --username "$1" --password "$3"
+  else
+    airflow users create --username "$1" --role "$2" --password "$3" \
+      --firstname "$1" --lastname postflow --email "$1@postflow.invalid"
+  fi
+}
+user admin Admin "$AIRFLOW_ADMIN_PASSWORD"
+user viewer Viewer "$AIRFLOW_VIEWER_PASSWORD"
+echo "airflow-init: metadata DB migrated; FAB users admin, viewer"

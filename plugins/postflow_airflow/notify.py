@@ -1,4 +1,4 @@
-"""Email from postflow's DAGs: failure notifications, and the SMTP connection for the report.
+"""Email from postflow's DAGs: failure notifications, and the weekly report's sender.
 
 Every DAG puts `failure_notifier()` in its `default_args` as `on_failure_callback`, so each task
 that fails for good (after its last retry) sends one email through the SMTP provider's
@@ -12,13 +12,14 @@ process with the task's context (`ti`, `try_number`, `exception`), once per fail
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
     from ml.config import Settings
-    from ml.report_email import SmtpParams
 
 SMTP_CONN_ID = "smtp_default"
 
@@ -69,22 +70,30 @@ def failure_notifier(to: list[str] | None = None, smtp_conn_id: str = SMTP_CONN_
     )
 
 
-def smtp_params(conn_id: str = SMTP_CONN_ID) -> SmtpParams:
-    """The Airflow SMTP connection as `ml.report_email.SmtpParams`, read the way the SMTP provider's
-    hook reads it (extras `disable_ssl`, `disable_tls`, `timeout`): SSL unless disabled,
-    else STARTTLS unless disabled."""
+def send_message(msg: EmailMessage, conn_id: str = SMTP_CONN_ID) -> dict[str, Any]:
+    """Send a built message (the weekly report) through the SMTP provider's hook, so that the
+    connection's settings apply as they do to every Airflow email: SSL unless `disable_ssl`,
+    else STARTTLS unless `disable_tls`, `timeout`, login, and `retry_limit` tries to connect and
+    to send. Raises on failure, for the task to retry."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    from ml.report_email import SmtpParams
+    from ml.config import addresses
 
-    hook = SmtpHook(smtp_conn_id=conn_id)
-    hook.smtp_connection = hook.get_connection(conn_id)
-    return SmtpParams(
-        host=hook.host or "localhost",
-        port=int(hook.port or (465 if hook.use_ssl else 25)),
-        user=hook.smtp_user or None,
-        password=hook.smtp_password or None,
-        ssl=hook.use_ssl,
-        starttls=hook.smtp_starttls and not hook.use_ssl,
-        timeout=float(hook.timeout),
-    )
+    sender, to = msg["From"], addresses(msg["To"])
+    with SmtpHook(smtp_conn_id=conn_id) as hook:  # connects and logs in (get_conn)
+        # The hook sends only messages it builds itself (attachments, no inline parts), so the
+        # report goes through its logged-in client, with the hook's own retry rule.
+        client = hook._smtp_client
+        for attempt in range(hook.smtp_retry_limit + 1):
+            try:
+                refused = client.send_message(msg, from_addr=sender, to_addrs=to)
+                break
+            except Exception:
+                if attempt == hook.smtp_retry_limit:
+                    raise
+    return {
+        "message_id": msg["Message-ID"],
+        "recipients": [a for a in to if a not in refused],
+        "refused": {a: str(v) for a, v in refused.items()},
+        "subject": msg["Subject"],
+    }

@@ -11,7 +11,11 @@ file only) picks the operator:
   ML image. Credentials come from the Secret `k8s_secret` (envFrom), every other setting is an
   env literal; GPU steps get `nvidia.com/gpu`, the GPU node selector and tolerations. A small
   wrapper (`POD_WRAPPER`) runs the command and writes its JSON result to
-  /airflow/xcom/return.json, where the provider's XCom sidecar picks it up.
+  /airflow/xcom/return.json, where the provider's XCom sidecar picks it up. GPU pods run in the
+  pool `k8s_gpu_pool` (caps how many at once) with an `execution_timeout` of `k8s_gpu_timeout_s`.
+
+Either runner puts the task on the Celery queue `ml_queue` (POSTFLOW_ML_QUEUE, default
+"default"): in compose, "ml", the worker whose image has torch.
 
 Either way a step's result is its return_value XCom: the JSON object the step printed last, or
 nothing when it printed no JSON. DAGs build steps with `ml_step(...)` or, one task per item,
@@ -37,6 +41,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -56,8 +61,12 @@ GPU_STEPS = frozenset({"embed", "train"})
 # Secret there), masked by Airflow in the local task's log.
 SECRET_SETTINGS = frozenset({"mysql_uri", "mlflow_uri"})
 # Settings of the Airflow side only (a pod launches no pods), by env prefix.
-RUNNER_ENV_PREFIXES = ("POSTFLOW_STEP_RUNNER", "POSTFLOW_K8S_")
+RUNNER_ENV_PREFIXES = ("POSTFLOW_STEP_RUNNER", "POSTFLOW_K8S_", "POSTFLOW_ML_QUEUE")
 XCOM_RESULT_FILE = "/airflow/xcom/return.json"
+# A step's progress lines (`ml.progress`: count, rate, ETA) go to this logger of their own, so a
+# quiet Airflow (the demo's WARNING) can still show them: namespace_levels `postflow.progress=INFO`.
+PROGRESS_LOGGER = "postflow.progress"
+PROGRESS_MARK = " ml.progress: "
 STDERR_TAIL_LINES = 30
 ML_COMMAND = ("python", "-m", "ml")
 
@@ -234,7 +243,11 @@ class MLStepOperator(BaseOperator):
                 if line is None:
                     open_streams -= 1
                     continue
-                self.log.info("%s", line)
+                _, mark, progress = line.partition(PROGRESS_MARK)
+                if mark:
+                    _progress_log().info(progress)
+                else:
+                    self.log.info("%s", line)
                 if name == "stderr":
                     tail.append(line)
                 elif line.strip():
@@ -247,6 +260,13 @@ class MLStepOperator(BaseOperator):
     def on_kill(self) -> None:
         if self._proc is not None:
             _stop(self._proc)
+
+
+@functools.cache
+def _progress_log() -> Any:
+    import structlog  # Airflow's logging: namespace_levels applies to its named loggers
+
+    return structlog.get_logger(PROGRESS_LOGGER)
 
 
 def _pump(stream: Iterable[str], name: str, lines: queue.Queue) -> None:
@@ -358,6 +378,18 @@ def pod_kwargs(step: str, *, gpu: bool, settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+def gpu_limits(settings: Settings) -> dict[str, Any]:
+    """What every GPU pod task gets: the pool that caps how many GPU pods run at once (a pool of
+    that name must exist: deploy/helm/values.yaml creates it) and an execution_timeout, so a
+    hung pod frees its GPU and slot."""
+    out: dict[str, Any] = {}
+    if settings.k8s_gpu_pool:
+        out["pool"] = settings.k8s_gpu_pool
+    if settings.k8s_gpu_timeout_s > 0:
+        out["execution_timeout"] = timedelta(seconds=settings.k8s_gpu_timeout_s)
+    return out
+
+
 @functools.cache
 def pod_operator_class() -> type[BaseOperator]:
     """`MLStepPodOperator`: KubernetesPodOperator with the MLflow run link. Built on first use
@@ -389,10 +421,16 @@ def _operator_and_kwargs(
     _check_step(step)
     settings = _load_settings(settings)
     gpu = step in GPU_STEPS if gpu is None else gpu
+    # The Celery queue of the worker whose image has the ML dependencies (compose: "ml").
+    kwargs = {"queue": settings.ml_queue, **kwargs}
     if settings.step_runner == "local":
         return MLStepOperator, {"step": step, "gpu": gpu, **kwargs}
     if settings.step_runner == "kubernetes":
-        return pod_operator_class(), {**pod_kwargs(step, gpu=gpu, settings=settings), **kwargs}
+        return pod_operator_class(), {
+            **pod_kwargs(step, gpu=gpu, settings=settings),
+            **(gpu_limits(settings) if gpu else {}),
+            **kwargs,
+        }
     raise ValueError(f"POSTFLOW_STEP_RUNNER={settings.step_runner!r}: use 'local' or 'kubernetes'")
 
 

@@ -1,5 +1,6 @@
-"""docker-compose.yaml, read as data (no Docker engine here): the Compose Specification's JSON
-schema, the wiring between services, settings from .env only, no secret in the file."""
+"""docker-compose.yaml, read as data: the Compose Specification's JSON schema (and Debian's
+docker-compose 1.29 when installed), the wiring between services, settings from .env only, no
+secret in the file. `make stack-test` (tools/stack_test.py) starts it for real."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ ENV_EXAMPLE = REPO / ".env.example"
 VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])((?:[^{}]|\{[^{}]*\})*))?\}|\$(\w+)")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|JWT|TOKEN|PRIVATE", re.I)
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor"]
-AIRFLOW_SERVICES += ["airflow-triggerer"]
+AIRFLOW_SERVICES += ["airflow-triggerer", "airflow-worker", "airflow-ml-worker"]
+# compose's own variables, read from .env but not referenced in the file
+COMPOSE_VARIABLES = {"COMPOSE_PROJECT_NAME"}
 
 
 def read_env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
@@ -126,7 +129,7 @@ def test_structure(compose):
         k for k in compose if k.startswith("x-")
     }
     keys = {"image", "build", "command", "entrypoint", "environment", "volumes", "ports"}
-    keys |= {"healthcheck", "depends_on", "restart"}
+    keys |= {"healthcheck", "depends_on", "restart", "init"}
     for name, svc in compose["services"].items():
         assert re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name), name
         assert set(svc) <= keys, (name, set(svc) - keys)
@@ -170,7 +173,7 @@ def test_long_running_services_have_healthchecks_and_one_shots_do_not_restart(co
         else:
             assert "healthcheck" in svc, f"{name} runs for good but has no healthcheck"
             assert svc.get("restart") == "unless-stopped", name
-    assert {"airflow-init", "mysql-seed", "minio-init"} <= completed
+    assert {"airflow-init", "mysql-seed", "s3-init"} <= completed
 
 
 def test_depends_on_has_no_cycle(compose):
@@ -206,7 +209,8 @@ def test_every_variable_is_documented_in_env_example_and_used(raw):
     env = read_env_file()
     names = {name for name, _, _ in variables(raw)}
     assert names <= set(env), f"not in .env.example: {sorted(names - set(env))}"
-    assert set(env) <= names, f"in .env.example but unused: {sorted(set(env) - names)}"
+    unused = set(env) - names - COMPOSE_VARIABLES
+    assert not unused, f"in .env.example but unused: {sorted(unused)}"
 
 
 def test_no_secret_in_the_compose_file(raw):
@@ -236,7 +240,7 @@ def test_ports_are_published_on_loopback_only(compose):
         "airflow-apiserver",
         "mlflow",
         "mailpit",
-        "minio",
+        "s3",
     }
     for name in ("postgres", "mysql"):
         assert "ports" not in compose["services"][name], f"{name} stays inside the network"
@@ -253,15 +257,44 @@ def test_airflow_services_share_one_configuration(compose):
     }, "login passwords only where the password file is written"
 
 
-def test_airflow_keeps_authentication_on(compose):
+def test_airflow_uses_fab_auth_and_the_celery_executor(compose):
     env = compose["services"]["airflow-apiserver"]["environment"]
-    assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("simple_auth_manager.SimpleAuthManager")
-    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
-    roles = dict(u.split(":") for u in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(","))
-    assert roles == {"admin": "admin", "viewer": "viewer"}
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    manager = env["AIRFLOW__CORE__AUTH_MANAGER"]
+    assert manager == "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+    module, _, name = manager.rpartition(".")
+    assert getattr(importlib.import_module(module), name).__name__ == name, "importable"
+    assert not {k for k in env if "SIMPLE_AUTH_MANAGER" in k}
+    init = (REPO / "deploy/compose/airflow-init.sh").read_text()
+    assert "airflow fab-db migrate" in init
+    assert "user admin Admin" in init and "user viewer Viewer" in init
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:")
+    assert env["AIRFLOW__CELERY__BROKER_URL"].endswith("@redis:6379/0")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:")
+    redis = compose["services"]["redis"]
+    assert redis["environment"]["REDISCLI_AUTH"] == read_env_file()["REDIS_PASSWORD"]
+    assert "--requirepass" in redis["command"][-1]
+
+
+def test_ml_steps_run_on_the_ml_worker(compose):
+    """Celery routes the ML steps (POSTFLOW_ML_QUEUE) to the one worker whose image has torch;
+    the other worker serves the default queue."""
+    services = compose["services"]
+    env = services["airflow-scheduler"]["environment"]
+    assert env["POSTFLOW_STEP_RUNNER"] == "local" and env["POSTFLOW_ML_QUEUE"] == "ml"
+    worker, ml = services["airflow-worker"], services["airflow-ml-worker"]
+    assert worker["command"] == ["celery", "worker"]
+    assert worker["image"].startswith("postflow-airflow:")
+    cmd = ml["command"]
+    assert cmd[:2] == ["celery", "worker"] and cmd[cmd.index("--queues") + 1] == "ml"
+    assert ml["build"]["target"] == "ml-worker"
+    assert ml["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert "celery_executor.app inspect ping" in ml["healthcheck"]["test"][1]
+    # the GPU reservation is documented next to the worker
+    text = COMPOSE.read_text()
+    assert "#         - driver: nvidia" in text and "#           capabilities: [gpu]" in text
 
 
 def test_connections_and_postflow_settings(compose):
@@ -274,6 +307,7 @@ def test_connections_and_postflow_settings(compose):
     assert seed["POSTFLOW_READER_PASSWORD"] == mysql["password"]
     smtp = json.loads(env["AIRFLOW_CONN_SMTP_DEFAULT"])
     assert (smtp["conn_type"], smtp["host"], smtp["port"]) == ("smtp", "mailpit", 1025)
+    assert smtp["extra"]["timeout"] > 0 and smtp["extra"]["retry_limit"] > 0
 
     known = {f"POSTFLOW_{f.name.upper()}" for f in fields(Settings)} | {"POSTFLOW_CONFIG"}
     for name, svc in compose["services"].items():
@@ -281,7 +315,12 @@ def test_connections_and_postflow_settings(compose):
         unknown = {k for k in svc.get("environment", {}) if k.startswith("POSTFLOW_")}
         assert unknown - known - extra == set(), (name, unknown - known - extra)
     assert env["POSTFLOW_LAKE"].startswith("s3://")
-    assert env["POSTFLOW_S3_ENDPOINT"] == "http://minio:9000"
+    assert env["POSTFLOW_S3_ENDPOINT"] == "http://s3:7070" == seed["POSTFLOW_S3_ENDPOINT"]
+    s3 = compose["services"]["s3"]
+    (port,) = s3["ports"]
+    assert env["POSTFLOW_S3_PUBLIC_ENDPOINT"] == f"http://localhost:{port.split(':')[1]}", (
+        "the report link is signed for the S3 port published on this machine"
+    )
     assert env["POSTFLOW_MLFLOW_URI"] == "http://mlflow:5000"
     assert env["POSTFLOW_IMAGE_ROOT"] == seed["POSTFLOW_IMAGE_ROOT"]
     Settings.load(environ={k: v for k, v in env.items() if k.startswith("POSTFLOW_")})
@@ -305,7 +344,7 @@ def test_scripts_the_services_run_are_valid(compose):
     import ast
 
     ast.parse((REPO / "deploy/compose/seed_mysql.py").read_text())
-    for script in ("airflow-init.sh", "minio-init.sh", "postgres-init.sh"):
+    for script in ("airflow-init.sh", "s3-init.sh", "postgres-init.sh"):
         path = REPO / "deploy/compose" / script
         assert path.read_text().startswith("#!"), script
         assert os.access(path, os.X_OK), f"{script} is executable"
@@ -319,3 +358,38 @@ def test_interpolation_follows_compose_rules():
     )
     with pytest.raises(KeyError):
         interpolate("${EMPTY:?must be set}", env)
+
+
+def test_s3_server_is_a_maintained_image_and_s3_init_owns_the_buckets(compose):
+    services = compose["services"]
+    assert services["s3"]["image"].startswith("ghcr.io/versity/versitygw:v")
+    assert not [s for s in services.values() if "minio" in s.get("image", "")], "no MinIO images"
+    init = services["s3-init"]
+    assert init["depends_on"] == {"s3": {"condition": "service_healthy"}}
+    script = (REPO / "deploy/compose/s3-init.sh").read_text()
+    for var in ("LAKE_BUCKET", "IMAGES_BUCKET", "MLFLOW_BUCKET", "PIPELINE_ACCESS_KEY"):
+        assert f"${var}" in script and var in init["environment"], var
+    assert "--role user" in script, "the pipeline's key is no admin"
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://s3:7070"
+
+
+def test_debians_docker_compose_accepts_the_file(tmp_path):
+    """Debian 12 ships docker-compose 1.29 (compose v1): it must read this file too."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose (Debian's package) is not installed")
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    run = subprocess.run(
+        [exe, "--env-file", str(env_file), "-f", str(COMPOSE), "config", "--services"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr
+    services = set(run.stdout.split())
+    assert set(yaml.safe_load(COMPOSE.read_text())["services"]) == services

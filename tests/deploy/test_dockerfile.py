@@ -22,12 +22,17 @@ DOCKERFILE = REPO / "Dockerfile"
 PYPROJECT = REPO / "pyproject.toml"
 CONSTRAINTS = REPO / "requirements" / "constraints.txt"
 EXTRAS_PY = REPO / "requirements" / "extras.py"
-# target -> (extras.py --extras-only?, the extras it installs): what each image is made of.
+# target -> its extras.py runs (--extras-only?, the extras), in build order: what each image is
+# made of.
 IMAGE_EXTRAS = {
-    "airflow": (False, ["airflow"]),
-    "ml": (False, ["ml"]),
-    "mlflow": (True, ["mlflow-server"]),
+    "airflow": [(False, ["airflow"])],
+    "ml": [(False, ["ml"])],
+    "ml-worker": [(True, ["airflow"]), (False, ["ml"])],
+    "mlflow": [(True, ["mlflow-server"])],
 }
+# pip's own settings, passed through as build args (a mirror, or a wheelhouse offline)
+PIP_ARGS = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"}
+PIP_ARGS |= {"PIP_TRUSTED_HOST"}
 # pip freeze leaves these out of the lock; a requirement on them is met by the venv itself.
 UNFROZEN = {"pip", "setuptools", "wheel", "distribute"}
 
@@ -119,6 +124,16 @@ def chain(stages: list[Stage], target: str) -> list[Stage]:
 def _copy_from(ins: Instruction) -> str | None:
     m = re.search(r"--from=(\S+)", ins.args)
     return m.group(1) if m else None
+
+
+def lineage_copies(stages: list[Stage], stage: Stage) -> list[Instruction]:
+    """COPY instructions of the stage and of the stages it builds on (FROM <stage>)."""
+    by_name = {s.name: s for s in stages if s.name}
+    out = []
+    while stage is not None:
+        out += stage.all("COPY")
+        stage = by_name.get(stage.parent) if stage.parent else None
+    return out
 
 
 def pip_installs(stage: Stage) -> list[list[str]]:
@@ -214,19 +229,33 @@ def test_parser_reads_continuations_comments_and_stages():
     assert [s.name for s in chain(stages, "b")] == ["b", "a"]
 
 
-def test_three_targets_exist(dockerfile):
-    assert {"airflow", "ml", "mlflow"} <= set(targets(dockerfile))
+def test_four_targets_exist(dockerfile):
+    assert {"airflow", "ml", "ml-worker", "mlflow"} <= set(targets(dockerfile))
 
 
-def test_airflow_image_is_the_pinned_airflow_on_the_projects_python(dockerfile):
-    airflow = targets(dockerfile)["airflow"]
-    m = re.fullmatch(r"apache/airflow:([\d.]+)-python(3\.\d+)", airflow.base)
-    assert m, airflow.base
-    assert m.group(1) == pins()["apache-airflow"]
-    assert str(
-        named(project()["optional-dependencies"]["airflow"])["apache-airflow"].specifier
-    ) == (f"=={m.group(1)}")
-    assert f">={m.group(2)}" in project()["requires-python"]
+def test_every_image_derives_from_one_base_build_arg(dockerfile):
+    """One Debian Python base (PYTHON_BASE) under every stage, so a site that cannot pull it
+    (make stack-test) passes its own and changes nothing else; no `# syntax=` line (BuildKit
+    would pull that frontend from Docker Hub)."""
+    args, stages = dockerfile
+    m = re.fullmatch(r"python:(3\.\d+)-slim-bookworm", args["PYTHON_BASE"])
+    assert m, args["PYTHON_BASE"]
+    assert f">={m.group(1)}" in project()["requires-python"]
+    raw = [ln for ln in DOCKERFILE.read_text().splitlines() if ln.startswith("FROM")]
+    roots = [s for s in stages if s.parent is None]
+    assert [s.base for s in roots] == [args["PYTHON_BASE"]], [s.base for s in roots]
+    assert "FROM ${PYTHON_BASE} AS python" in raw
+    assert "# syntax" not in DOCKERFILE.read_text()
+    # Airflow itself comes from the lock, at the version pyproject pins
+    spec = named(project()["optional-dependencies"]["airflow"])["apache-airflow"].specifier
+    assert str(spec) == f"=={pins()['apache-airflow']}"
+
+
+def test_every_pip_install_takes_pips_settings_as_build_args(dockerfile):
+    for stage in dockerfile[1]:
+        if pip_installs(stage) and any("--no-deps" not in w for w in pip_installs(stage)):
+            declared = {i.args.split("=")[0] for i in stage.all("ARG")}
+            assert PIP_ARGS <= declared, (stage.name, PIP_ARGS - declared)
 
 
 def test_no_hand_kept_package_list(dockerfile):
@@ -236,6 +265,8 @@ def test_no_hand_kept_package_list(dockerfile):
         for words in pip_installs(stage):
             skip = False
             for w in words:
+                if w.startswith("${") and ":+-" in w:  # an option only when a build arg is set
+                    continue
                 if skip:
                     skip = False
                 elif w in {"-c", "--constraint", "-r", "--requirement"}:
@@ -247,7 +278,7 @@ def test_no_hand_kept_package_list(dockerfile):
 
 def test_every_pip_install_goes_through_the_lock(dockerfile):
     for stage in dockerfile[1]:
-        copied = " ".join(i.args for i in stage.all("COPY"))
+        copied = " ".join(i.args for i in lineage_copies(dockerfile[1], stage))
         for words in pip_installs(stage):
             if "--no-deps" in words:  # our own package, its dependencies installed before
                 continue
@@ -258,21 +289,24 @@ def test_every_pip_install_goes_through_the_lock(dockerfile):
 
 
 def test_each_image_installs_its_extra_from_pyproject(dockerfile):
-    for target, (only, extras) in IMAGE_EXTRAS.items():
+    for target, expected in IMAGE_EXTRAS.items():
         runs = [r for s in chain(dockerfile[1], target) for r in extras_runs(s).values()]
-        assert runs == [(only, extras)], (target, runs)
+        assert runs == expected, (target, runs)
         for stage in chain(dockerfile[1], target):
             if extras_runs(stage):  # extras.py reads ../pyproject.toml: both copied in
-                dests = {i.args.split()[-1] for i in stage.all("COPY") if not _copy_from(i)}
+                copies = lineage_copies(dockerfile[1], stage)
+                dests = {i.args.split()[-1] for i in copies if not _copy_from(i)}
                 assert {"/tmp/postflow/requirements/extras.py", "/tmp/postflow/pyproject.toml"} <= (
                     dests
                 ), stage.name
     deps = named(project()["dependencies"])
     optional = {k: named(v) for k, v in project()["optional-dependencies"].items()}
-    for target, (only, extras) in IMAGE_EXTRAS.items():
-        want = {} if only else dict(deps)
-        for extra in extras:
-            want |= optional[extra]
+    for target, expected in IMAGE_EXTRAS.items():
+        want = {}
+        for only, extras in expected:
+            want |= {} if only else dict(deps)
+            for extra in extras:
+                want |= optional[extra]
         assert set(named(image_requirements(dockerfile[1], target))) == set(want), target
 
 
@@ -287,6 +321,10 @@ def test_images_install_what_the_code_imports(dockerfile):
     assert not {n for n in ml if n.startswith("apache-airflow")}, "no Airflow in the ML pod image"
     assert core | {"apache-airflow"} <= set(af)
     assert not set(af) & gpu_only, "no torch in the Airflow image"
+    worker = named(image_requirements(dockerfile[1], "ml-worker"))
+    assert core | gpu_only | {"apache-airflow", "apache-airflow-providers-celery"} <= set(worker)
+    assert {"apache-airflow-providers-celery", "apache-airflow-providers-fab"} <= set(af)
+    assert {"psycopg2-binary", "asyncpg"} <= set(af), "the metadata DB's drivers"
     assert {"mlflow", "boto3", "psycopg2-binary"} <= set(server)
     assert not core - {"mlflow", "boto3"} & set(server), "the MLflow server installs no postflow"
     lock = pins()
@@ -407,7 +445,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_local_state_out():
     patterns = _dockerignore()
-    for path in (".venv", ".postflow", ".git", ".env", "tests/__pycache__/x.pyc"):
+    for path in (".venv", ".postflow", ".git", ".env", "tests/__pycache__/x.pyc", "deploy/k8s"):
         assert _ignored(path, patterns), path
     for path in (
         "ml/cli.py",
@@ -416,6 +454,7 @@ def test_dockerignore_keeps_local_state_out():
         "requirements/extras.py",
         "pyproject.toml",
         "plugins/.airflowignore",
+        "deploy/docker/resnet50_weights.py",
     ):
         assert not _ignored(path, patterns), path
 
@@ -433,12 +472,65 @@ def test_ml_image_runs_python_m_ml_as_the_pods_non_root_user(dockerfile):
     assert entry and json.loads(entry[-1].args) == list(ML_COMMAND)
 
 
-def test_airflow_image_runs_as_airflow_with_our_dags_and_plugins(dockerfile):
-    af = targets(dockerfile)["airflow"]
-    assert af.all("USER")[-1].args == "airflow"
+@pytest.mark.parametrize("target", ["airflow", "ml-worker"])
+def test_airflow_images_run_airflow_as_uid_50000_with_our_dags_and_plugins(dockerfile, target):
+    af = targets(dockerfile)[target]
+    assert af.all("USER")[-1].args == "50000:0", "the official image's uid, group root"
+    assert json.loads(af.all("ENTRYPOINT")[-1].args) == ["airflow"]
     copies = [i.args.split()[-2:] for i in af.all("COPY") if not _copy_from(i)]
     assert ["dags", "/opt/airflow/dags"] in copies
     assert ["plugins", "/opt/airflow/plugins"] in copies
     assert ["expectations", "/opt/airflow/expectations"] in copies
     env = " ".join(i.args for i in af.all("ENV"))
     assert "POSTFLOW_EXPECTATIONS_DIR=/opt/airflow/expectations" in env
+    assert "AIRFLOW_HOME=/opt/airflow" in env
+
+
+def test_ml_images_carry_resnet50_weights_fetched_at_build_time(dockerfile):
+    """The weights step runs in ml-build; the `ml` and `ml-worker` images copy its TORCH_HOME
+    and embed with POSTFLOW_IMAGE_WEIGHTS=imagenet by default, offline (HF_HUB_OFFLINE)."""
+    args_of = {
+        s.name: {i.args.partition("=")[0]: i.args.partition("=")[2] for i in s.all("ARG")}
+        for s in dockerfile[1]
+    }
+    build = targets(dockerfile)["ml-build"]
+    runs = " ".join(i.args for i in build.all("RUN"))
+    assert "resnet50_weights.py" in runs and "$RESNET50_WEIGHTS" in runs
+    assert args_of["ml-build"]["RESNET50_WEIGHTS"] == "imagenet"
+    for target in ("ml", "ml-worker"):
+        stage = targets(dockerfile)[target]
+        assert args_of[target]["RESNET50_WEIGHTS"] == "imagenet"
+        assert ["--from=ml-build", "/opt/torch", "/opt/torch"] == stage.all("COPY")[1].args.split()
+        env = " ".join(i.args for i in stage.all("ENV"))
+        for kv in ("POSTFLOW_IMAGE_WEIGHTS=${RESNET50_WEIGHTS}", "TORCH_HOME=/opt/torch"):
+            assert kv in env, (target, kv)
+        assert "HF_HUB_OFFLINE=1" in env
+
+
+def test_weights_step_checks_a_local_file_like_torch_hub(tmp_path):
+    """A local weights file under torchvision's name must hash to the name's prefix."""
+    import subprocess
+    import sys
+
+    script = REPO / "deploy/docker/resnet50_weights.py"
+    bad = tmp_path / "resnet50-11ad3fa6.pth"
+    bad.write_bytes(b"not the ImageNet weights")
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, str(script), "imagenet", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "does not start with 11ad3fa6" in run.stderr
+    assert not (tmp_path / "torch").exists(), "nothing reaches the cache"
+    run = subprocess.run(
+        [sys.executable, str(script), "none", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and "random weights" in run.stdout
