@@ -195,9 +195,10 @@ def assign_splits(keys, max_eval_rows: int | None = None) -> np.ndarray:
 
 
 def cap_evaluation(keys, split: np.ndarray, max_eval_rows: int = MAX_EVAL_ROWS) -> np.ndarray:
-    """Keep at most about `max_eval_rows` posts per evaluation set: those of lowest `eval_rank`
-    (whole groups: a group straddling the cut stays in); the others become "reserve", never
-    trained on. Only evaluation posts change, and only to "reserve"."""
+    """Keep at most about `max_eval_rows` posts per evaluation set: those ranked first by a
+    second hash of the key, independent of its bucket (whole groups: a group straddling the cut
+    stays in); the others become "reserve", never trained on. Only evaluation posts change, and
+    only to "reserve" (a post may come back as the window slides: never trained on either way)."""
     out = split.copy()
     rank = hash_buckets(keys, _RANK_SALT, 1 << 62)
     for name in EVAL_SPLITS:
