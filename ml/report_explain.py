@@ -204,15 +204,17 @@ def thumbnails(store: ImageStore, mistakes: list[dict[str, Any]]) -> dict[str, b
         try:
             jpeg, w, h = thumbnail(store.fetch(m.get("image_uri")))
         except ImageError as exc:
-            m["photo_problem"] = f"no photo: {exc.reason} ({exc.message})"
+            m["photo_problem"], m["photo_detail"] = f"no photo: {exc.reason}", exc.message
             continue
         except Exception as exc:  # a photo that no longer decodes: say so, keep the report
             log.warning("thumbnail of post %s failed: %s", m["post_id"], exc)
-            m["photo_problem"] = f"no photo: {type(exc).__name__}: {exc}"
+            m["photo_problem"] = f"no photo: unreadable ({type(exc).__name__})"
+            m["photo_detail"] = str(exc)
             continue
         name = thumbnail_name(m["post_id"])
         out[name] = jpeg
-        m |= {"thumbnail": name, "thumb_width": w, "thumb_height": h, "photo_problem": None}
+        m |= {"thumbnail": name, "thumb_width": w, "thumb_height": h}
+        m |= {"photo_problem": None, "photo_detail": None}
     return out
 
 

@@ -168,6 +168,8 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
             out.append(f"  most confident mistakes (up to {er['per_class']} per true bin):")
         for m in er["mistakes"]:
             photo = "" if m.get("thumbnail") else f"  [{m.get('photo_problem') or 'no photo'}]"
+            if m.get("photo_detail"):
+                photo += f" {m['photo_detail']}"
             out.append(
                 f"  post {m['post_id']} ({m['ds']}): true {name_of(bins, m['true'])}, predicted "
                 f"{name_of(bins, m['predicted'])} ({pct(m['confidence'])} sure){photo}"

@@ -707,9 +707,11 @@ def test_a_photo_that_cannot_be_read_never_fails_the_report(tmp_path):
     ]
     assert X.thumbnails(ImageStore(str(tmp_path)), mistakes) == {}
     problems = [m["photo_problem"] for m in mistakes]
-    assert "UnidentifiedImageError" in problems[0]
-    assert "image_missing" in problems[1] and "image_empty" in problems[2]
-    assert "image_uri_invalid" in problems[3]
+    assert problems[0] == "no photo: unreadable (UnidentifiedImageError)"
+    assert problems[1:] == [f"no photo: {r}" for r in ("image_missing", "image_empty")] + [
+        "no photo: image_uri_invalid"
+    ]
+    assert "gone.jpg" in mistakes[1]["photo_detail"]
 
 
 def test_learning_curves_of_the_newest_version():
