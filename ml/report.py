@@ -37,7 +37,14 @@ from ml.config import ConfigError, Settings, addresses
 from ml.images import ImageStore
 from ml.lake import Lake
 from ml.registry import FINAL_METRICS, connect, experiment_id
-from ml.report_archive import ArchivedReport, WeeklyReport, archive, read_archive
+from ml.report_archive import MANIFEST as ARCHIVE_MANIFEST
+from ml.report_archive import (
+    ArchivedReport,
+    WeeklyReport,
+    archive,
+    read_archive,
+    report_dir,
+)
 from ml.report_charts import draw_all
 from ml.report_data import collect
 from ml.report_email import SmtpParams, build_email, report_link, send_email
@@ -196,11 +203,57 @@ def send_report(
         raise ConfigError("no report recipients: set POSTFLOW_REPORT_RECIPIENTS (comma-separated)")
     lake = Lake.from_settings(settings)
     archived = read_archive(lake, week)
+    sent = SentLog(lake, week)
+    pending = [a for a in to if a not in sent.delivered]
+    if not pending:  # a retry after a send whose task failed later: never mail twice
+        log.info("weekly report %s already sent to %s", week, to)
+        return {"recipients": [], "already_sent": to, "week": week.label, "uri": archived.uri}
     link = report_link(lake, week, settings.report_link_expiry_s, settings.s3_public_endpoint)
-    msg = build_email(archived, settings.report_sender, to, link)
+    msg = build_email(archived, settings.report_sender, pending, link)
     out = smtp(msg) if callable(smtp) else send_email(msg, smtp)
+    sent.record(out["recipients"])
+    if out["refused"]:  # e.g. greylisting (451): the retry mails these, and only these
+        raise SendIncomplete(
+            f"weekly report {week} mailed to {out['recipients']} but refused for "
+            f"{out['refused']}; a retry sends it to those only"
+        )
     log.info("sent weekly report %s to %s", week, out["recipients"])
     return out | {"week": week.label, "uri": archived.uri}
+
+
+class SendIncomplete(RuntimeError):
+    """Some recipients refused the report (the others got it): retry for the rest."""
+
+
+class SentLog:
+    """Who already got this version of a week's report: `_sent.json` next to the archive,
+    keyed by the archive manifest's checksum (a rebuilt report is a new version, mailed anew;
+    the rebuild deletes the file). Makes `send_report` safe to retry: nobody is mailed twice."""
+
+    NAME = "_sent.json"
+
+    def __init__(self, lake: Lake, week: Week) -> None:
+        import hashlib
+        import posixpath
+
+        self.lake, base = lake, report_dir(lake, week)
+        self.path = posixpath.join(base, self.NAME)
+        with lake.fs.open_input_stream(posixpath.join(base, ARCHIVE_MANIFEST)) as fh:
+            self.version = hashlib.sha256(fh.read()).hexdigest()
+        self.delivered: list[str] = []
+        try:
+            with lake.fs.open_input_stream(self.path) as fh:
+                old = json.loads(fh.read())
+        except (FileNotFoundError, OSError):
+            old = {}
+        if old.get("archive_sha256") == self.version:
+            self.delivered = list(old["delivered"])
+
+    def record(self, recipients: list[str]) -> None:
+        self.delivered += [a for a in recipients if a not in self.delivered]
+        body = {"archive_sha256": self.version, "delivered": self.delivered}
+        with self.lake.fs.open_output_stream(self.path) as fh:
+            fh.write(json.dumps(body).encode())
 
 
 def log_report(settings: Any, week: Week | str, client: Any = None) -> dict[str, Any]:

@@ -79,34 +79,62 @@ def step_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 ETL = [str(VENV_BIN / "python"), "-m", "ml", "etl", "--start", DAY.date().isoformat()]
 
-# The step, run as `python -m ml etl`, but stopping inside its first commit once its data files
-# are closed and before the manifest is written: it writes $PF_MARKER and waits for stdin.
-PAUSED_ETL = """
-import os, sys
+# A step, run as `python -m ml ...`, that stops at a chosen call ($PF_PAUSE_AT, `module:attr`
+# or `module:Class.method`), before it (or after it, with $PF_PAUSE_AFTER=1): it writes
+# $PF_MARKER and waits for a line "go" on stdin. The test breaks something, then says go.
+# The lake's PartitionWriter.commit first closes its data files (finish): the pause is then
+# exactly between writing the files and writing the manifest.
+PAUSED = """
+import functools, importlib, os, sys
 from pathlib import Path
-import ml.lake as lake
-from ml.etl import main
-commit = lake.PartitionWriter.commit
-def paused(self):
-    files = self.finish()
-    Path(os.environ["PF_MARKER"]).write_text(self.dataset + " " + " ".join(files))
+mod_name, attr = os.environ["PF_PAUSE_AT"].split(":")
+owner = importlib.import_module(mod_name)
+*path, name = attr.split(".")
+for part in path:
+    owner = getattr(owner, part)
+orig = getattr(owner, name)
+after = os.environ.get("PF_PAUSE_AFTER") == "1"
+def pause(note):
+    Path(os.environ["PF_MARKER"]).write_text(note)
     if sys.stdin.readline().strip() != "go":
         raise SystemExit("not told to go on")
-    return commit(self)
-lake.PartitionWriter.commit = paused
+@functools.wraps(orig)
+def paused(*args, **kwargs):
+    note = attr
+    if attr == "PartitionWriter.commit":
+        note = args[0].dataset + " " + " ".join(args[0].finish())
+    if not after:
+        pause(note)
+    out = orig(*args, **kwargs)
+    if after:
+        pause(note)
+    return out
+setattr(owner, name, paused)
+from ml.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def paused_step(settings: Settings, marker: Path, *args: str) -> subprocess.Popen:
+def paused_run(
+    argv: list[str], env: dict[str, str], marker: Path, at: str, after: bool = False
+) -> subprocess.Popen:
+    """`python -m ml <argv>` pausing at `at` (see PAUSED)."""
+    extra = {"PF_MARKER": str(marker), "PF_PAUSE_AT": at, "PF_PAUSE_AFTER": "1" if after else ""}
     return subprocess.Popen(
-        [str(VENV_BIN / "python"), "-c", PAUSED_ETL, *ETL[4:], *args],
+        [str(VENV_BIN / "python"), "-c", PAUSED, *argv],
         cwd=REPO,
-        env=step_env(settings, PF_MARKER=str(marker)),
+        env=env | extra,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+def paused_step(settings: Settings, marker: Path, *args: str) -> subprocess.Popen:
+    """`python -m ml etl` of DAY pausing inside its first commit, files written, no manifest."""
+    return paused_run(
+        [*ETL[3:], *args], step_env(settings), marker, "ml.lake:PartitionWriter.commit"
     )
 
 
@@ -388,3 +416,250 @@ def test_lake_error_names_the_partition(tmp_path):
             w.write(pa.table({"id": [1]}))
             raise OSError(28, "No space left on device")
     assert lake.read_manifest("t", DAY) is None
+
+
+# -- the SMTP server refusing, then accepting -----------------------------------------------------
+
+
+class Refusing:
+    """An aiosmtpd handler that answers 451 (try again later) to the first `data_refusals`
+    DATA commands and to the first RCPT of each address in `greylist`, then accepts."""
+
+    def __init__(self, data_refusals: int = 0, greylist: tuple[str, ...] = ()) -> None:
+        self.data_refusals, self.greylist = data_refusals, set(greylist)
+        self.messages: list[dict] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.greylist:
+            self.greylist.discard(address)
+            return "451 4.7.1 Greylisted, please try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.data_refusals:
+            self.data_refusals -= 1
+            return "451 4.3.0 Temporary failure, try again later"
+        self.messages.append({"rcpt_tos": list(envelope.rcpt_tos), "data": envelope.content})
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp():
+    """(handler, SmtpParams) of an aiosmtpd server on loopback whose behaviour the test sets."""
+    from aiosmtpd.controller import Controller
+
+    from ml.report_email import SmtpParams
+    from tests.conftest import free_port
+
+    handler = Refusing()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, SmtpParams(port=port, timeout=10)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def archived_week(tmp_path: Path):
+    """Settings and the week of an archived (empty) weekly report: local lake, sqlite MLflow."""
+    from ml.report import build_report
+    from ml.weeks import Week
+
+    settings = Settings.load(
+        {
+            "lake": str(tmp_path / "lake"),
+            "mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "registered_model": "never-registered",
+            "report_recipients": "ml-team@example.com, lead@example.com",
+        }
+    )
+    week = Week(2026, 40)
+    build_report(settings, week)
+    return settings, week
+
+
+def archive_files(settings: Settings, week) -> dict[str, bytes]:
+    folder = Path(settings.lake) / "reports" / f"week={week.label}"
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "_sent.json"}
+
+
+def test_smtp_451_then_250_archives_once_and_mails_once(archived_week, smtp):
+    from ml.report import send_report
+
+    settings, week = archived_week
+    handler, params = smtp
+    handler.data_refusals = 1
+    archive = archive_files(settings, week)
+    with pytest.raises(Exception, match="451"):
+        send_report(settings, week, params)
+    assert handler.messages == [] and archive_files(settings, week) == archive
+    out = send_report(settings, week, params)  # the task's retry
+    assert out["recipients"] == ["ml-team@example.com", "lead@example.com"]
+    again = send_report(settings, week, params)  # retried once more (the worker died after)
+    assert again["recipients"] == [] and again["already_sent"]
+    (msg,) = handler.messages
+    assert msg["rcpt_tos"] == ["ml-team@example.com", "lead@example.com"]
+    assert archive_files(settings, week) == archive  # never rebuilt
+
+
+def test_greylisted_recipient_gets_the_report_on_retry_and_nobody_twice(archived_week, smtp):
+    """451 at RCPT for one of two recipients: smtplib sends to the other and reports the
+    refusal without raising; it used to end there (task green, lead never mailed)."""
+    from ml.report import SendIncomplete, send_report
+
+    settings, week = archived_week
+    handler, params = smtp
+    handler.greylist = {"lead@example.com"}
+    with pytest.raises(SendIncomplete, match="lead@example.com"):
+        send_report(settings, week, params)
+    send_report(settings, week, params)
+    send_report(settings, week, params)
+    got = Counter(a for m in handler.messages for a in m["rcpt_tos"])
+    assert got == {"ml-team@example.com": 1, "lead@example.com": 1}
+    assert len(handler.messages) == 2
+
+
+def test_a_rebuilt_report_is_mailed_again(archived_week, smtp):
+    from ml.report import build_report, send_report
+
+    settings, week = archived_week
+    handler, params = smtp
+    send_report(settings, week, params)
+    build_report(settings, week)  # a backfill of the week replaces the report
+    send_report(settings, week, params)
+    assert len(handler.messages) == 2
+
+
+# -- the MLflow server down during train and promote -------------------------------------------
+
+START, END = "2024-04-01", "2024-04-10"
+
+
+@pytest.fixture
+def models(tmp_path: Path, mlflow_server, proxy):
+    """A lake with two days of posts_clean + features whose classes a model can learn, and the
+    environment of `python -m ml train/promote` reaching the MLflow server through a proxy the
+    test cuts. MLflow's client retries only once, so a cut fails in seconds, not minutes."""
+    import uuid
+    from datetime import datetime
+
+    import numpy as np
+
+    from ml.labels import DEFAULT_EDGES
+    from tools.synthetic import class_features, write_features, write_posts_clean
+
+    n = 600
+    X, y = class_features(n, sep=1.5, dtype=np.float16)
+    ids = np.arange(1, n + 1) * 7 + 3
+    lake = Lake(str(tmp_path / "lake"))
+    old = datetime(2024, 3, 1)
+    for ds, sl in ((START, slice(0, n // 2)), (END, slice(n // 2, n))):
+        k = len(ids[sl])
+        cols = {"id": ids[sl], "author_id": [1] * k, "caption": ["c"] * k, "image_uri": ["x"] * k}
+        cols |= {"hearts": [3] * k, "created_at": [old] * k, "updated_at": [old] * k}
+        cols["comment_count"] = np.asarray(DEFAULT_EDGES)[y[sl]] + 0
+        write_posts_clean(lake, ds, cols)
+        write_features(lake, ds, ids[sl], X[sl].astype(np.float32))
+    server = proxy(mlflow_server.port)
+    tag = uuid.uuid4().hex[:8]
+    env = os.environ.copy() | {
+        "PYTHONPATH": str(REPO),
+        "POSTFLOW_CONFIG": "",
+        "POSTFLOW_LAKE": lake.root,
+        "POSTFLOW_MLFLOW_URI": f"http://127.0.0.1:{server.port}",
+        "POSTFLOW_MLFLOW_EXPERIMENT": f"faults-{tag}",
+        "POSTFLOW_REGISTERED_MODEL": f"faults-{tag}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+        "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint,
+    }
+    import mlflow
+
+    direct = mlflow.MlflowClient(mlflow_server.uri, mlflow_server.uri)  # past the proxy
+    return {"env": env, "proxy": server, "client": direct, "name": f"faults-{tag}"}
+
+
+TRAIN = ["train", "--start", START, "--end", END, "--ds", END, "--max-epochs", "5"]
+
+
+def versions(client, name: str) -> list:
+    return client.search_model_versions(f"name='{name}'")
+
+
+def aliases(client, name: str) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_registered_model(name).aliases)
+    except MlflowException:
+        return {}
+
+
+def run_step(argv: list[str], env: dict[str, str]) -> dict:
+    import json
+
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-m", "ml", *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    "at",
+    ["mlflow.pyfunc:log_model", "ml.registry:register_challenger"],
+    ids=["while-logging", "before-registering"],
+)
+def test_mlflow_down_during_train_registers_nothing_and_the_retry_completes(models, tmp_path, at):
+    env, cut, client, name = models["env"], models["proxy"], models["client"], models["name"]
+    marker = tmp_path / "paused"
+    proc = paused_run(TRAIN, env, marker, at)
+    wait_for_file(marker, proc, timeout=300)
+    cut.cut()
+    _, err = proc.communicate("go\n", timeout=300)
+    assert proc.returncode != 0
+    assert "127.0.0.1" in err.strip().splitlines()[-1]  # the last line names the server
+    assert versions(client, name) == [] and aliases(client, name) == {}  # nothing half-made
+
+    cut.resume()  # the server is back: Airflow's retry of train_model
+    trained = run_step(TRAIN, env)
+    (mv,) = versions(client, name)
+    assert int(mv.version) == trained["version"] and mv.run_id == trained["run_id"]
+    assert aliases(client, name) == {"challenger": mv.version}
+    assert client.get_run(mv.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("after", [False, True], ids=["before-the-tags", "before-the-alias"])
+def test_mlflow_down_during_promote_moves_no_alias_and_the_retry_completes(models, tmp_path, after):
+    """Cut before the decision tags are written, or after them and before `champion` moves:
+    the alias never moves without its tags; the retry writes both."""
+    env, cut, client, name = models["env"], models["proxy"], models["client"], models["name"]
+    version = run_step(TRAIN, env)["version"]
+    promote = ["promote", "--version", str(version), "--start", START, "--end", END]
+    marker = tmp_path / "paused"
+    proc = paused_run(promote, env, marker, "ml.promote:_record", after=after)
+    wait_for_file(marker, proc, timeout=300)
+    cut.cut()
+    _, err = proc.communicate("go\n", timeout=300)
+    assert proc.returncode != 0
+    assert "champion" not in aliases(client, name)
+    tags = client.get_model_version(name, str(version)).tags
+    assert ("postflow.promotion" in tags) == after  # written before the cut, or not at all
+
+    cut.resume()
+    decision = run_step(promote, env)
+    assert decision["promoted"]
+    assert aliases(client, name)["champion"] == str(version)
+    tags = client.get_model_version(name, str(version)).tags
+    assert tags["postflow.promotion"] == "promoted"
