@@ -42,6 +42,20 @@ RUN apt-get update \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/postflow postflow \
  && useradd --uid 50000 --gid 0 --create-home --home-dir /home/airflow airflow
 
+# What each image installs, as pyproject.toml lists it (requirements/extras.py), one file per
+# image: the install layers below depend on these files' contents only, so an edit elsewhere in
+# pyproject.toml (tool settings) keeps their cache.
+FROM python AS requirements
+COPY requirements/extras.py /tmp/postflow/requirements/extras.py
+COPY pyproject.toml /tmp/postflow/pyproject.toml
+RUN mkdir /tmp/postflow/req \
+ && python3 /tmp/postflow/requirements/extras.py airflow > /tmp/postflow/req/airflow.txt \
+ && python3 /tmp/postflow/requirements/extras.py ml > /tmp/postflow/req/ml.txt \
+ && python3 /tmp/postflow/requirements/extras.py --extras-only airflow \
+      > /tmp/postflow/req/airflow-only.txt \
+ && python3 /tmp/postflow/requirements/extras.py --extras-only mlflow-server \
+      > /tmp/postflow/req/mlflow-server.txt
+
 FROM python AS build
 # mysqlclient compiles against libmariadb (PyPI has no Linux wheel of it)
 RUN apt-get update \
@@ -50,8 +64,6 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 COPY requirements/constraints.txt /tmp/postflow/requirements/constraints.txt
-COPY requirements/extras.py /tmp/postflow/requirements/extras.py
-COPY pyproject.toml /tmp/postflow/pyproject.toml
 
 # --------------------------------------------------------------------------- airflow
 FROM build AS airflow-build
@@ -60,11 +72,12 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_NO_INDEX
 ARG PIP_TRUSTED_HOST
-# postflow's dependencies and its `airflow` extra, as pyproject.toml lists them; the code comes
-# after, so this layer outlives code changes.
-RUN python3 /tmp/postflow/requirements/extras.py airflow > /tmp/postflow/requirements.txt \
- && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
+# postflow's dependencies and its `airflow` extra; the code comes after, so this layer outlives
+# code changes.
+COPY --from=requirements /tmp/postflow/req/airflow.txt /tmp/postflow/requirements.txt
+RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
       -r /tmp/postflow/requirements.txt
+COPY pyproject.toml /tmp/postflow/pyproject.toml
 COPY ml /tmp/postflow/ml
 COPY plugins /tmp/postflow/plugins
 RUN pip install --no-cache-dir --no-deps /tmp/postflow
@@ -95,9 +108,10 @@ ARG PIP_TRUSTED_HOST
 ARG TORCH_INDEX_URL=""
 # Everything `ml` imports, Airflow excluded: postflow's dependencies and its `ml` extra (torch and
 # torchvision exactly as in the lock).
-RUN python3 /tmp/postflow/requirements/extras.py ml > /tmp/postflow/requirements.txt \
- && pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url=$TORCH_INDEX_URL} \
+COPY --from=requirements /tmp/postflow/req/ml.txt /tmp/postflow/requirements.txt
+RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url=$TORCH_INDEX_URL} \
       -c /tmp/postflow/requirements/constraints.txt -r /tmp/postflow/requirements.txt
+COPY pyproject.toml /tmp/postflow/pyproject.toml
 COPY ml /tmp/postflow/ml
 COPY plugins /tmp/postflow/plugins
 RUN pip install --no-cache-dir --no-deps /tmp/postflow
@@ -132,9 +146,8 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_NO_INDEX
 ARG PIP_TRUSTED_HOST
-RUN python3 /tmp/postflow/requirements/extras.py --extras-only airflow \
-      > /tmp/postflow/requirements-airflow.txt \
- && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
+COPY --from=requirements /tmp/postflow/req/airflow-only.txt /tmp/postflow/requirements-airflow.txt
+RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
       -r /tmp/postflow/requirements-airflow.txt
 
 FROM python AS ml-worker
@@ -167,11 +180,8 @@ ARG PIP_NO_INDEX
 ARG PIP_TRUSTED_HOST
 RUN python3 -m venv /opt/venv
 COPY requirements/constraints.txt /tmp/postflow/requirements/constraints.txt
-COPY requirements/extras.py /tmp/postflow/requirements/extras.py
-COPY pyproject.toml /tmp/postflow/pyproject.toml
-RUN python3 /tmp/postflow/requirements/extras.py --extras-only mlflow-server \
-      > /tmp/postflow/requirements.txt \
- && pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
+COPY --from=requirements /tmp/postflow/req/mlflow-server.txt /tmp/postflow/requirements.txt
+RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
       -r /tmp/postflow/requirements.txt
 
 FROM python AS mlflow

@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.postflow-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test test-fast lint format bench lock clean up
+.PHONY: help install demo test test-fast lint format bench lock clean up stack-test
 
 help:
 	@echo "make demo   - set up, generate demo posts and run posts_etl through Airflow for a few days"
 	@echo "make test   - set up and run the whole test suite (lint included)"
 	@echo "make bench  - performance figures (ratios against baselines measured in the same run)"
 	@echo "make up     - Airflow UI :8080 + MLflow UI :5000 with postflow's DAGs (demo data if posts is empty); Ctrl-C stops"
+	@echo "make stack-test - build the images and drive the compose stack end to end in Docker (root)"
 	@echo "make lint   - ruff, and the import layers of ml/ (lint-imports)";  echo "make lock   - re-resolve requirements/constraints.txt from pyproject.toml"
 
 $(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
@@ -33,6 +34,11 @@ demo: install
 
 up: install
 	$(BIN)/python -m tools.up $(UP_ARGS)
+
+# The compose stack for real (tools/stack_test.py): Docker, images built on a debootstrap base
+# from a wheelhouse, `up`, a user's path through the REST APIs, `down -v`. Not part of `test`.
+stack-test: install
+	$(BIN)/python -m tools.stack_test $(STACK_ARGS)
 
 test: install $(TEST_STAMP)
 	$(BIN)/ruff check .
