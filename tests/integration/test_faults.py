@@ -663,3 +663,122 @@ def test_mlflow_down_during_promote_moves_no_alias_and_the_retry_completes(model
     assert aliases(client, name)["champion"] == str(version)
     tags = client.get_model_version(name, str(version)).tags
     assert tags["postflow.promotion"] == "promoted"
+
+
+# -- MySQL killed or unreachable mid-extract ------------------------------------------------------
+
+
+def admin_conn(db):
+    import MySQLdb
+
+    from tests.conftest import MYSQL_ADMIN, MYSQL_ADMIN_PASSWORD, MYSQL_HOST, MYSQL_PORT
+
+    return MySQLdb.connect(
+        host=MYSQL_HOST,
+        port=MYSQL_PORT,
+        user=MYSQL_ADMIN,
+        passwd=MYSQL_ADMIN_PASSWORD,
+        database=db.name,
+        autocommit=True,
+    )
+
+
+def after_first_chunk(monkeypatch, action) -> list[int]:
+    """Run `action()` once the extract has read its first page (before it reads the next);
+    returns the list of chunk sizes read."""
+    import ml.etl
+
+    real = ml.etl.extract_window
+    sizes: list[int] = []
+
+    def chunks(*args, **kwargs):
+        for chunk in real(*args, **kwargs):
+            sizes.append(chunk.num_rows)
+            if len(sizes) == 1:
+                action()
+            yield chunk
+
+    monkeypatch.setattr(ml.etl, "extract_window", chunks)
+    return sizes
+
+
+MANY = 400
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kill", ["CONNECTION", "QUERY"])
+def test_mysql_connection_killed_mid_extract(settings, fresh_mysql_db, monkeypatch, kill):
+    """After the first page, an admin session locks `posts`, so the next page's query waits
+    (seen in the process list); it is killed there, the lock released: the extract's own
+    retry reads the page again. Every post once, none twice."""
+    insert(fresh_mysql_db, day_rows(range(1, MANY + 1)))
+    settings = settings.replace(extract_chunk_rows=50, extract_plan="scan")
+    admin = admin_conn(fresh_mysql_db)
+    killed: list[int] = []
+
+    def killer() -> None:
+        cur = admin_conn(fresh_mysql_db).cursor()
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            cur.execute(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s AND "
+                "STATE LIKE '%%metadata lock%%'",  # a query or prepared statement, waiting
+                (fresh_mysql_db.reader_user,),
+            )
+            for (pid,) in cur.fetchall():
+                cur.execute(f"KILL {kill} {int(pid)}")
+                killed.append(pid)
+            time.sleep(0.02)
+        admin.cursor().execute("UNLOCK TABLES")
+
+    def lock_and_kill() -> None:
+        admin.cursor().execute("LOCK TABLES posts WRITE")
+        threading.Thread(target=killer, daemon=True).start()
+
+    sizes = after_first_chunk(monkeypatch, lock_and_kill)
+    summary = run_etl(settings, WINDOW, now=NOW)
+    assert killed, "no extract query was caught waiting"
+    assert len(sizes) > 2 and summary["rows_in"] == MANY
+    assert ids_of(Lake.from_settings(settings), "posts_raw") == list(range(1, MANY + 1))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("comes_back", [True, False], ids=["back-in-time", "gone"])
+def test_mysql_unreachable_for_a_while(settings, fresh_mysql_db, monkeypatch, proxy, comes_back):
+    """MariaDB behind a proxy that refuses every connection after the first page; it lets
+    them through again after two refusals (within the extract's retries), or never."""
+    from ml.source import SourceError
+    from tests.conftest import MYSQL_PORT
+
+    insert(fresh_mysql_db, day_rows(range(1, 101)))
+    db = proxy(MYSQL_PORT)
+    uri = fresh_mysql_db.reader.uri().replace(f":{MYSQL_PORT}/", f":{db.port}/")
+    assert uri != fresh_mysql_db.reader.uri()
+    settings = settings.replace(mysql_uri=uri, extract_chunk_rows=20, extract_plan="scan")
+    run_etl(settings, WINDOW, now=NOW)  # a good day first
+    lake = Lake.from_settings(settings)
+    before = snapshot(lake)
+    insert(fresh_mysql_db, day_rows(range(101, 201)))
+
+    def reopen() -> None:
+        deadline = time.monotonic() + 60
+        while db.refused < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        db.resume()
+
+    def outage() -> None:
+        db.cut()
+        if comes_back:
+            threading.Thread(target=reopen, daemon=True).start()
+
+    after_first_chunk(monkeypatch, outage)
+    if comes_back:
+        summary = run_etl(settings, WINDOW, now=NOW)
+        assert summary["rows_in"] == 200 and db.refused >= 2
+        assert ids_of(lake, "posts_raw") == list(range(1, 201))
+    else:
+        with pytest.raises(SourceError, match="Is the server running"):
+            run_etl(settings, WINDOW, now=NOW)
+        assert snapshot(lake) == before  # the previous day's partitions untouched
+        db.resume()
+        assert run_etl(settings, WINDOW, now=NOW)["rows_in"] == 200  # the retry completes
