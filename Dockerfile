@@ -90,8 +90,8 @@ COPY expectations /opt/airflow/expectations
 ENV AIRFLOW_HOME=/opt/airflow \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     POSTFLOW_EXPECTATIONS_DIR=/opt/airflow/expectations
-# logs and the SimpleAuthManager password file are volumes: a new volume takes these owners
-RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow/logs /opt/airflow/auth
+# AIRFLOW_HOME is Airflow's to write (airflow.cfg); the logs volume takes this owner
+RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow /opt/airflow/logs
 WORKDIR /opt/airflow
 USER 50000:0
 ENTRYPOINT ["airflow"]
@@ -121,7 +121,8 @@ RUN pip install --no-cache-dir --no-deps /tmp/postflow
 ARG RESNET50_WEIGHTS=imagenet
 ENV TORCH_HOME=/opt/torch
 COPY deploy/docker /tmp/postflow/docker
-RUN python /tmp/postflow/docker/resnet50_weights.py "$RESNET50_WEIGHTS" /tmp/postflow/docker
+RUN mkdir -p "$TORCH_HOME" \
+ && python /tmp/postflow/docker/resnet50_weights.py "$RESNET50_WEIGHTS" /tmp/postflow/docker
 
 FROM python AS ml
 ARG RESNET50_WEIGHTS=imagenet
@@ -163,7 +164,7 @@ ENV AIRFLOW_HOME=/opt/airflow \
     POSTFLOW_IMAGE_WEIGHTS=${RESNET50_WEIGHTS} \
     TORCH_HOME=/opt/torch \
     HF_HUB_OFFLINE=1
-RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow/logs
+RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow /opt/airflow/logs
 WORKDIR /opt/airflow
 USER 50000:0
 ENTRYPOINT ["airflow"]

@@ -169,7 +169,8 @@ def wheelhouse_server(figures: dict):
     else:
         with timed(figures, "wheelhouse_s"):
             pip = [sys.executable, "-m", "pip", "wheel", "-q", "-c", "requirements/constraints.txt"]
-            run([*pip, "-w", str(house), *reqs], cwd=REPO)
+            with (STATE / "wheelhouse.log").open("w") as fh:
+                run([*pip, "-w", str(house), *reqs], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
         (house / ".stamp").write_text(stamp)
     port = free_port()
     server = subprocess.Popen(
