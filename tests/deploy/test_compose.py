@@ -393,3 +393,24 @@ def test_debians_docker_compose_accepts_the_file(tmp_path):
     assert run.returncode == 0, run.stderr
     services = set(run.stdout.split())
     assert set(yaml.safe_load(COMPOSE.read_text())["services"]) == services
+
+
+def test_stack_test_override_replaces_every_third_party_image_and_nothing_else(raw):
+    """make stack-test can pull nothing: each service with an image but no Dockerfile target gets
+    a stand-in built here, under the same name, ports and environment."""
+    override = yaml.safe_load((REPO / "deploy/stack-test/compose.override.yaml").read_text())
+    third_party = {n for n, s in raw["services"].items() if "build" not in s}
+    assert set(override["services"]) == third_party
+    for name, svc in override["services"].items():
+        assert svc["image"].startswith("postflow-stacktest-"), name
+        assert not {"ports", "environment", "depends_on", "build"} & set(svc), name
+    stages = {
+        line.split()[-1]
+        for line in (REPO / "deploy/stack-test/Dockerfile").read_text().splitlines()
+        if line.startswith("FROM ")
+    }
+    used = {
+        svc["image"].split(":")[0].removeprefix("postflow-stacktest-")
+        for svc in override["services"].values()
+    }
+    assert used <= stages, used - stages
