@@ -12,12 +12,16 @@ the photo's dominant colour (= c with probability `P_COLOUR`, else uniform), the
 pattern (= c // 2 with probability `P_PATTERN`, else uniform) and the caption's topic words
 (topic = c with probability `P_TOPIC`, else uniform). hearts is lognormal around a class mean,
 with a class-dependent chance of 0 (about 10% overall); only hearts >= 1 posts get a label.
+Time, so that label maturity is exercised: most posts with comments (`P_GROWS`) have a partial
+count on their creation day and the final one (c's) the next day, so a count is final once the
+post is `DEMO_LABEL_AGE_DAYS` old; `generate(as_of=D)` and `advance` give the table of each day.
+Reposts (`FRACTION_REPOSTS`) copy an earlier post's photo file, cues and counts: leakage bait.
 
 Output is deterministic for a seed: same rows, same image bytes (each image has its own RNG
 seeded by (seed, index), so the worker count does not matter).
 
-This module draws the rows, writes them to MySQL and is the `demo-data` step; the photos are
-rendered and written by `ml.demo_photos`.
+This module draws the rows and is the `demo-data` step; `ml.demo_mysql` writes the rows,
+`ml.demo_photos` renders and writes the photos.
 """
 
 from __future__ import annotations
