@@ -86,6 +86,9 @@ class Settings:
     text_model: str = ""  # sentence-transformers dir; "" = the packaged all-MiniLM-L6-v2
     embed_shards: int = 2
     device: str = "auto"
+    # image-model precision at embed (helper "cpu", issue 14): auto = fp16 on CUDA, fp32 on CPU;
+    # bf16 is several times faster on a CPU with native bf16 but moves features slightly
+    embed_precision: str = "auto"
     # step runner: local (subprocess) | kubernetes (KubernetesPodOperator)
     step_runner: str = "local"
     k8s_namespace: str = "postflow"

@@ -160,7 +160,7 @@ class EmbedOptions:
     workers: int = 0
     decode: str = "auto"  # auto | pillow | device
     shard: tuple[int, int] | None = None
-    progress_every_s: float = 5.0
+    progress_every_s: float = 15.0  # a line per batch at most this often (demo: posts/s, ETA)
     extra_cache_sources: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -392,7 +392,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default 256 on GPU, 32 on CPU")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers")
     p.add_argument("--decode", choices=["auto", "pillow", "device"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default=None,
+        help="auto: fp16 on CUDA, fp32 on CPU; bf16: faster on a CPU with native bf16 "
+        "(default: POSTFLOW_EMBED_PRECISION)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the image model")
     p.add_argument("--seed", type=int, default=0, help="seed of random init (--image-weights none)")
     args = p.parse_args(argv)
@@ -420,7 +426,7 @@ def main(argv: list[str]) -> int:
         args.image_weights or settings.image_weights,
         device,
         batch,
-        args.precision,
+        args.precision or settings.embed_precision,
         args.compile,
         args.allow_download,
         args.seed,

@@ -7,21 +7,30 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("ml.progress")
 
 
 class Progress:
     def __init__(
-        self, what: str, total: int | None = None, every: float = 5.0, unit: str = "rows"
+        self,
+        what: str,
+        total: int | None = None,
+        every: float = 5.0,
+        unit: str = "rows",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`every`: seconds between lines at most (a line comes with the first `add` after
+        that); `clock` is injectable so tests need no sleeps."""
         self.what, self.total, self.every, self.unit = what, total, every, unit
-        self.t0 = self.last = time.monotonic()
+        self.clock = clock
+        self.t0 = self.last = clock()
         self.done = 0
 
     def add(self, n: int, force: bool = False) -> None:
         self.done += n
-        now = time.monotonic()
+        now = self.clock()
         if not (force or now - self.last >= self.every):
             return
         self.last = now

@@ -42,6 +42,8 @@ def _airflow_env() -> None:
     home.mkdir(parents=True, exist_ok=True)
     defaults = {
         **airflow_env(home, logging_level="WARNING"),
+        # quiet, but the steps' progress lines (posts/s, ETA) still reach the terminal
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": "postflow.progress=INFO",
         **pipeline_env(STATE),
         "POSTFLOW_IMAGE_WEIGHTS": "none",
         "POSTFLOW_LABEL_AGE_DAYS": str(DEMO_LABEL_AGE_DAYS),
@@ -149,7 +151,10 @@ def _retrain(dagbag, settings, days: list[date], bayes: float | None) -> int:
             "weights cannot be downloaded here. Point POSTFLOW_IMAGE_WEIGHTS at a resnet50 .pth "
             "file for real image features. !!!"
         )
-    print(f"retrain for {days[0]}..{days[-1]} (embedding on CPU takes a few minutes) ...")
+    print(
+        f"retrain for {days[0]}..{days[-1]} (embedding on CPU takes a few minutes; progress "
+        "lines with posts/s and ETA follow) ..."
+    )
     t0 = time.monotonic()
     run = dagbag.dags["retrain"].test(run_conf={"days": [str(d) for d in days]})
     if str(run.state) != "success":
