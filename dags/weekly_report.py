@@ -8,8 +8,10 @@ and `retrain` runs land). To report on a past week, backfill it (Trigger → Bac
 backfill create --dag-id weekly_report --from-date 2026-11-16 --to-date 2026-11-17`); re-running
 a week replaces its report.
 
-- `build_report`: label histograms, model versions over the last weeks, the champion's confusion
-  matrix on the current test split, data quality, drift and promotion decisions → PNG charts and
+- `build_report`: label histograms, model versions over the last weeks, learning curves of the
+  newest version, the champion's confusion matrix on the current test split and where it errs
+  (confused bins; its most confident mistakes with photo thumbnail and caption), data quality,
+  drift against the four weeks before and promotion decisions → PNG charts, JPEG thumbnails and
   HTML, archived to `<lake>/reports/week=YYYY-Www/`; returns that URI.
 - `send_report`: reads the archived report back and emails it through the SMTP provider's hook
   (the `smtp_default` connection's TLS/SSL, timeout and retries) to POSTFLOW_REPORT_RECIPIENTS.
