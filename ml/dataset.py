@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ml.features import feature_index, read_features
+from ml.features import feature_index, iter_features
 from ml.labels import (
     DEFAULT_EDGES,
     DEFAULT_LABEL_AGE_DAYS,
@@ -107,6 +107,23 @@ class WindowSplit:
     def size(self, name: str) -> int:
         return int((self.split == name).sum())
 
+    def stats(self) -> dict[str, int]:
+        """What a training run records about its split: reserve size, groups, caption leaks."""
+        overlap = {f"caption_overlap_{k}": v for k, v in self.caption_overlap().items()}
+        return {"reserve_rows": self.size("reserve"), **self.group_summary(), **overlap}
+
+    def repost_groups(self) -> dict[str, list[int]]:
+        """Groups of several posts (reposts of one photo) and their post ids: the record of
+        which posts were kept together."""
+        groups = self.groups.astype(str)
+        names, counts = np.unique(groups, return_counts=True)
+        multi = set(names[counts > 1].tolist())
+        out: dict[str, list[int]] = {}
+        for g, i in zip(groups.tolist(), self.ids.tolist(), strict=True):
+            if g in multi:
+                out.setdefault(g, []).append(int(i))
+        return out
+
     def histogram(self, name: str) -> list[int]:
         return histogram(self.y[self.split == name], len(self.edges))
 
@@ -156,7 +173,9 @@ def build_split(
 
 @dataclass
 class TrainingData:
-    """Features and labels of some splits of a window, rows sorted by post id."""
+    """Features and labels of some splits of a window. `split_features` orders the rows by split
+    (train, val, test), then post id, so that `rows(name)` is a slice and each split's X a view:
+    1M x 2432 float32 is 9.7 GB, and training never copies it."""
 
     X: np.ndarray  # float32 (n, 2432): img ++ txt
     y: np.ndarray  # int64 class
@@ -169,49 +188,81 @@ class TrainingData:
     missing_features: int
     window: tuple[str, str]
     group: np.ndarray | None = None  # object: each row's group (`group_names`)
+    split_stats: dict[str, int] = field(default_factory=dict)  # `WindowSplit.stats()`
 
     def part(self, name: str) -> np.ndarray:
         """Boolean mask of the rows of split `name`."""
         return self.split == name
 
+    def rows(self, name: str) -> slice | np.ndarray:
+        """The rows of split `name`: a slice when they are contiguous (as `split_features` lays
+        them out; indexing X with it makes a view, not a copy), else the boolean mask."""
+        idx = np.flatnonzero(self.split == name)
+        if len(idx) == 0:
+            return slice(0, 0)
+        if idx[-1] - idx[0] + 1 == len(idx):
+            return slice(int(idx[0]), int(idx[-1]) + 1)
+        return self.split == name
+
+
+def _compact_rows(X: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """X[keep] without a second copy of X: rows moved down in place, block by block (a row only
+    ever moves to a lower index, so blocks never overwrite rows still to be moved)."""
+    idx = np.flatnonzero(keep)
+    if len(idx) == len(X):
+        return X
+    starts = np.flatnonzero(np.diff(idx, prepend=-2) != 1)  # runs of consecutive kept rows
+    ends = np.append(starts[1:], len(idx))
+    step = 8192  # rows per copy: numpy buffers an overlapping copy, so keep each one small
+    for a, b in zip(starts, ends, strict=True):
+        src = int(idx[a])
+        for i in range(a, b, step):
+            j = min(b, i + step)
+            X[i:j] = X[src + (i - a) : src + (j - a)]
+    return X[: len(idx)]
+
 
 def split_features(lake: Any, split: WindowSplit, names: Sequence[str] = SPLITS) -> TrainingData:
-    """Read the features of the posts of `split` in the splits `names`."""
-    want = np.isin(split.split, list(names))
-    ids, ds = split.ids[want], split.ds[want]
-    xs, ids_out, im_models, tm_models = [], [], set(), set()
+    """Read the features of the posts of `split` in the splits `names`, into one float32 array
+    allocated once, rows ordered by split (in the order of `names`) then post id. Posts without a
+    features row are dropped (counted in `missing_features`)."""
+    rank = {name: i for i, name in enumerate(names)}
+    want = np.flatnonzero(np.isin(split.split, list(names)))
+    order = np.lexsort((split.ids[want], [rank[s] for s in split.split[want]]))
+    rows = want[order]  # positions in `split`, in the output order
+    ids, ds = split.ids[rows], split.ds[rows]
+    by_id = np.argsort(ids, kind="stable")  # to find a post's output row from its id
+    X = np.empty((len(rows), N_FEATURES), np.float32)
+    filled = np.zeros(len(rows), bool)
+    im_models: set[str] = set()
+    tm_models: set[str] = set()
     for d in sorted(set(ds.tolist())):
-        sel = ids[ds == d]
-        found = read_features(lake, d, sel)
-        if found is None:
-            log.warning("no features partition for %s: %d labelled posts left out", d, len(sel))
+        batches = iter_features(lake, d, ids[ds == d])
+        if batches is None:
+            n = int((ds == d).sum())
+            log.warning("no features partition for %s: %d labelled posts left out", d, n)
             continue
-        pid, X_d, models = found
-        if len(pid) == 0:
-            continue
-        xs.append(X_d)
-        ids_out.append(pid)
-        im_models |= models[0]
-        tm_models |= models[1]
-    if ids_out:
-        found_ids = np.concatenate(ids_out)
-        order = np.argsort(found_ids, kind="stable")
-        X, found_ids = np.concatenate(xs)[order], found_ids[order]
-    else:
-        X, found_ids = np.zeros((0, N_FEATURES), np.float32), np.zeros(0, np.int64)
-    rows = np.searchsorted(split.ids, found_ids)  # split.ids is sorted
+        for pid, X_b, im, tm in batches:
+            at = by_id[np.searchsorted(ids, pid, sorter=by_id)]
+            X[at] = X_b
+            filled[at] = True
+            im_models |= im
+            tm_models |= tm
+    X = _compact_rows(X, filled)
+    rows = rows[filled]
     return TrainingData(
         X=X,
         y=split.y[rows],
-        post_ids=found_ids,
+        post_ids=split.ids[rows],
         comment_count=split.comment_count[rows],
         split=split.split[rows],
         edges=split.edges,
         image_models=sorted(im_models),
         text_models=sorted(tm_models),
-        missing_features=int(split.labelled - len(split.ids) + len(ids) - len(found_ids)),
+        missing_features=int(split.labelled - len(split.ids) + len(filled) - int(filled.sum())),
         window=split.window,
         group=split.groups[rows],
+        split_stats=split.stats(),
     )
 
 

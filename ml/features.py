@@ -1,6 +1,6 @@
 """The `features` dataset: building its rows, and the one reader of features by post id.
 
-Training, the promotion gate and the weekly report all read features through `read_features`,
+Training, the promotion gate and the weekly report all read features through `iter_features`,
 so they see the same rows: one row per post (the first stored, should a partition hold two),
 img ++ txt as float32. Reads filter on `post_id`, so Parquet statistics prune row groups instead
 of loading a day whole.
@@ -12,7 +12,7 @@ lack the column; they still load (`conform`, `feature_index`) and their posts ar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -101,26 +101,51 @@ def read_rows_of(lake: Any, path: str, ids: np.ndarray, columns: list[str] | Non
     return pq.read_table(path, columns=columns, filters=flt, filesystem=lake.fs)
 
 
-def read_features(
-    lake: Any, ds: str, ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, tuple[set[str], set[str]]] | None:
-    """Features of `ids` in `features/ds`: (post ids found, sorted; float32 X (n, 2432);
-    (image models, text models)), or None when the day has no features partition."""
-    ft = read_rows(lake, DATASET_FEATURES, ds, ids)
-    if ft is None:
+def iter_features(
+    lake: Any, ds: str, ids: np.ndarray, batch_rows: int = 65_536
+) -> Iterator[tuple[np.ndarray, np.ndarray, set[str], set[str]]] | None:
+    """Features of the posts `ids` in `features/ds`, streamed: (post ids, float32 X (n, 2432),
+    image models, text models) per batch of at most `batch_rows` rows, one row per post (the
+    first stored). None when the day has no features partition. Memory is bounded by the batch,
+    not by the day: a 1M-post day never sits in memory twice."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = lake.partition_files(DATASET_FEATURES, ds)
+    if not files:
         return None
-    ft = ft.select([c for c in FEATURES_SCHEMA.names if c in ft.column_names])
-    if ft.num_rows == 0:
-        return np.zeros(0, np.int64), np.zeros((0, N_FEATURES), np.float32), (set(), set())
-    pid = ft["post_id"].to_numpy()
-    _, first = np.unique(pid, return_index=True)  # sorted, one row per post
-    ft = ft.take(pa.array(first))
-    X = np.concatenate([vectors(ft["img"], IMG_DIM), vectors(ft["txt"], TXT_DIM)], axis=1)
-    models = (
-        set(ft["image_model"].unique().to_pylist()),
-        set(ft["text_model"].unique().to_pylist()),
-    )
-    return ft["post_id"].to_numpy(), X.astype(np.float32), models
+    want = pa.array(np.asarray(ids, np.int64), pa.int64())
+    cols = ["post_id", "img", "txt", "image_model", "text_model"]
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, set[str], set[str]]]:
+        seen: set[int] = set()
+        for f in files:
+            with lake.fs.open_input_file(f) as fh:
+                pf = pq.ParquetFile(fh)
+                for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                    rb = rb.filter(pc.is_in(rb.column("post_id"), value_set=want))
+                    if rb.num_rows == 0:
+                        continue
+                    pid = rb.column("post_id").to_numpy()
+                    keep = np.fromiter((p not in seen for p in pid.tolist()), bool, len(pid))
+                    _, first = np.unique(pid, return_index=True)
+                    keep &= np.isin(np.arange(len(pid)), first)
+                    if not keep.any():
+                        continue
+                    rb = rb.filter(pa.array(keep))
+                    pid = pid[keep]
+                    seen.update(pid.tolist())
+                    X = np.empty((len(pid), N_FEATURES), np.float32)
+                    X[:, :IMG_DIM] = vectors(rb.column("img"), IMG_DIM)
+                    X[:, IMG_DIM:] = vectors(rb.column("txt"), TXT_DIM)
+                    yield (
+                        pid,
+                        X,
+                        set(pc.unique(rb.column("image_model")).to_pylist()),
+                        set(pc.unique(rb.column("text_model")).to_pylist()),
+                    )
+
+    return batches()
 
 
 def feature_index(lake: Any, ids: np.ndarray, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +166,7 @@ def feature_index(lake: Any, ids: np.ndarray, ds: np.ndarray) -> tuple[np.ndarra
             t = read_rows_of(lake, f, ids[sel], cols)
             ph = t["photo_hash"].to_pylist() if "photo_hash" in cols else [None] * t.num_rows
             for pid, h in zip(t["post_id"].to_pylist(), ph, strict=True):
-                found.setdefault(pid, h)  # the first row of a post, as `read_features`
+                found.setdefault(pid, h)  # the first row of a post, as `iter_features`
         mask[sel] = np.isin(ids[sel], np.fromiter(found, np.int64, len(found)))
         hashes[sel] = [found.get(int(i)) for i in ids[sel]]
     return mask, hashes

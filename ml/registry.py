@@ -32,7 +32,7 @@ from ml.config import redact_uri
 from ml.labels import bin_names
 from ml.lake import code_version as current_code_version
 from ml.schema import N_FEATURES
-from ml.serving import MODEL_DIR_ARTIFACT, pyfunc_code
+from ml.serving import MODEL_DIR_ARTIFACT, pyfunc_code, pyfunc_model
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ VERSION_TAGS = (
     "postflow.edges",
     "postflow.family",
 )
+
+
+def __getattr__(name: str) -> Any:
+    # Versions registered before `ml.serving` load through a code file that runs
+    # `from ml.registry import PostEngagementModel`: that name keeps serving them (format 1).
+    if name == "PostEngagementModel":
+        return type(pyfunc_model())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class RegistryError(RuntimeError):
@@ -224,6 +232,8 @@ def _run_metrics(result: Any) -> list[tuple[str, float, int]]:
             out.append((f"mlp_test_recall_class_{k}", float(r), 0))
     for split in ("train", "val", "test"):
         out.append((f"split_{split}_rows", float(result.split_sizes[split]), 0))
+    for key, value in result.data.split_stats.items():  # reserve, groups, caption leaks
+        out.append((f"split_{key}", float(value), 0))
     out += [
         ("rows", float(len(result.data.y)), 0),
         ("missing_features", float(result.data.missing_features), 0),
@@ -314,6 +324,7 @@ def log_training(
             files = {
                 "label_histogram.json": json.dumps(hist, indent=2).encode(),
                 "metrics.json": json.dumps(result.metrics, indent=2).encode(),
+                "groups.json": json.dumps(result.groups, indent=2).encode(),
                 "confusion_matrix.png": confusion_png(
                     result.metrics[result.family]["test"]["confusion_matrix"],
                     bin_names(result.data.edges),

@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ml.config import parse_edges
-from ml.dataset import SPLITS, TrainingData, load_dataset
+from ml.dataset import SPLITS, TrainingData, build_split, split_features
 from ml.labels import histogram
 from ml.model import TrainConfig, TrainedModel, evaluate, train_baselines, train_model
 
@@ -33,6 +33,7 @@ class TrainingResult:
     label_histogram: dict[str, list[int]]
     data: TrainingData
     seconds: float
+    groups: dict[str, list[int]] = field(default_factory=dict)  # reposts kept together
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -66,10 +67,10 @@ def run_training(data: TrainingData, config: TrainConfig | None = None) -> Train
     and pick the family to register on validation (test stays untouched by the choice)."""
     cfg = replace(config or TrainConfig(), n_classes=len(data.edges))
     t0 = time.monotonic()
-    parts = {s: data.part(s) for s in SPLITS}
-    if not parts["train"].any() or not parts["val"].any():
-        sizes = {s: int(v.sum()) for s, v in parts.items()}
+    sizes = {s: int(data.part(s).sum()) for s in SPLITS}
+    if not sizes["train"] or not sizes["val"]:
         raise ValueError(f"too little data to train: split sizes {sizes}")
+    parts = {s: data.rows(s) for s in SPLITS}  # slices where the rows are laid out by split
     X, y = data.X, data.y
     mlp = train_model(X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]], cfg)
     baselines = train_baselines(X[parts["train"]], y[parts["train"]], mlp, cfg)
@@ -85,7 +86,7 @@ def run_training(data: TrainingData, config: TrainConfig | None = None) -> Train
         mlp=mlp,
         baselines=baselines,
         metrics=metrics,
-        split_sizes={s: int(v.sum()) for s, v in parts.items()},
+        split_sizes=sizes,
         label_histogram={s: histogram(y[v], cfg.n_classes) for s, v in parts.items()},
         data=data,
         seconds=time.monotonic() - t0,
@@ -131,7 +132,8 @@ def main(argv: list[str]) -> int:
     lake = Lake.from_settings(settings)
     edges = parse_edges(args.edges) if args.edges else settings.edges
     age = settings.label_age_days if args.label_age_days is None else args.label_age_days
-    data = load_dataset(lake, args.start, args.end, edges, age)
+    split = build_split(lake, args.start, args.end, edges, age)
+    data = split_features(lake, split)
     cfg = TrainConfig(
         n_classes=len(edges),
         device=args.device or settings.device,
@@ -139,6 +141,7 @@ def main(argv: list[str]) -> int:
         max_epochs=args.max_epochs,
     )
     result = run_training(data, cfg)
+    result.groups = split.repost_groups()
     if args.out:
         result.model.save(args.out)
     out = result.summary()

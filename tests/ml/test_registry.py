@@ -230,6 +230,13 @@ def test_train_logs_a_complete_run(world):
     other = "logistic" if family == "mlp" else "mlp"
     assert mt[f"{family}_val_macro_f1"] >= mt[f"{other}_val_macro_f1"]
     assert mt["model_test_macro_f1"] == mt[f"{family}_test_macro_f1"]
+    assert mt["split_reserve_rows"] == 0 and mt["split_posts"] == N_POSTS  # split recorded
+    assert (
+        mt["split_groups"]
+        == N_POSTS - mt["split_posts_in_multi_post_groups"] + mt["split_multi_post_groups"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"groups.json", "metrics.json", "label_histogram.json"} <= artifacts
     train_acc = client.get_metric_history(run.info.run_id, "train_accuracy")
     assert len(train_acc) == trained["epochs"] and all(0 <= x.value <= 1 for x in train_acc)
     assert mt["rows"] == N_POSTS and mt["missing_features"] == 0
@@ -450,3 +457,24 @@ def test_training_promotion_and_report_hold_out_the_same_test_posts(tmp_path):
     # and it is the rule of ml.labels, applied to every labelled post with features
     ids = np.arange(1, N_POSTS + 1) * 7 + 3
     assert trained_on_test.tolist() == ids[assign_splits(ids, len(ids)) == "test"].tolist()
+
+
+def test_versions_registered_before_ml_serving_still_load(tmp_path):
+    """A format-1 model directory (an MLP, arrays under "mlp.") served through the entry point
+    older versions were logged with: `from ml.registry import PostEngagementModel`."""
+    from types import SimpleNamespace
+
+    X, y = class_features(300, seed=2)
+    model = M.train_model(X[:200], y[:200], X[200:], y[200:], M.TrainConfig(max_epochs=3))
+    path = tmp_path / "v1"
+    path.mkdir()
+    np.savez(
+        path / "model.npz", W=model.W, b=model.b, **{f"mlp.{k}": v for k, v in model.state.items()}
+    )
+    meta = {"arch": model.arch, "history": [], "best_epoch": 0, "config": {}, "format": 1}
+    (path / "model.json").write_text(json.dumps(meta))
+    from ml.registry import PostEngagementModel
+
+    served = PostEngagementModel()
+    served.load_context(SimpleNamespace(artifacts={"model_dir": str(path)}))
+    np.testing.assert_array_equal(served.predict(None, X[200:]), model.predict_proba(X[200:]))

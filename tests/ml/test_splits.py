@@ -158,7 +158,8 @@ def test_reposts_share_a_split_and_groups_are_recorded(tmp_path):
         "posts_in_multi_post_groups": n,
     }
     data = DS.split_features(lake, split)
-    assert data.group is not None and data.group[0] == f"photo:{photo[0]}"
+    first = int(np.flatnonzero(data.post_ids == ids[0])[0])
+    assert data.group is not None and data.group[first] == f"photo:{photo[0]}"
 
 
 def test_features_without_photo_hash_still_load_keyed_by_post_id(tmp_path):
