@@ -18,6 +18,7 @@ BENCHES = {
     "report": "bench.bench_report",
     "embed": "bench.bench_embed",
     "train": "bench.bench_train",
+    "load": "bench.bench_load",
 }
 
 
