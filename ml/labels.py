@@ -326,7 +326,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--start", required=True, help="first posts_clean partition (YYYY-MM-DD)")
     p.add_argument("--end", required=True, help="last posts_clean partition (YYYY-MM-DD)")
-    p.add_argument("--n-bins", type=int, default=N_CLASSES)
+    p.add_argument("--n-bins", type=int, help="default: as many as POSTFLOW_BIN_EDGES has")
     p.add_argument("--label-age-days", type=int, help="default: POSTFLOW_LABEL_AGE_DAYS (settings)")
     args = p.parse_args(argv)
 
@@ -337,15 +337,19 @@ def main(argv: list[str]) -> int:
     age = settings.label_age_days if args.label_age_days is None else args.label_age_days
     labels = load_labels(Lake.from_settings(settings), args.start, args.end, label_age_days=age)
     counts = labels["comment_count"].to_numpy()
-    edges = tune_bins(counts, args.n_bins)
+    edges = tune_bins(counts, args.n_bins or len(settings.edges))
     print(
         json.dumps(
             {
                 "rows": int(len(counts)),
                 "proposed_edges": list(edges),
                 "proposed_histogram": histogram(bin_labels(counts, edges), len(edges)),
-                "current_edges": list(DEFAULT_EDGES),
-                "current_histogram": histogram(bin_labels(counts, DEFAULT_EDGES)),
+                "current_edges": list(settings.edges),
+                "current_histogram": histogram(
+                    bin_labels(counts, settings.edges), len(settings.edges)
+                ),
+                # to adopt them (a re-baselining: the next model is judged as a first model)
+                "setting": "POSTFLOW_BIN_EDGES=" + ",".join(map(str, edges)),
             }
         )
     )

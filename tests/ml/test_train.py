@@ -219,6 +219,12 @@ def test_load_dataset_joins_latest_snapshot_with_its_features(tmp_path, monkeypa
     assert L.main(["--start", "2024-04-01", "--end", "2024-04-10", "--n-bins", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 3 and len(out["proposed_edges"]) == 3
+    assert out["setting"] == "POSTFLOW_BIN_EDGES=" + ",".join(map(str, out["proposed_edges"]))
+    # the edges in force come from the setting, and --n-bins defaults to their number
+    monkeypatch.setenv("POSTFLOW_BIN_EDGES", "0,5,50")
+    assert L.main(["--start", "2024-04-01", "--end", "2024-04-10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["current_edges"] == [0, 5, 50] and len(out["proposed_edges"]) == 3
 
 
 def test_numpy_serving_matches_the_torch_network(trained):
