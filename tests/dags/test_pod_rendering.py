@@ -255,34 +255,24 @@ def test_mlflow_link(monkeypatch):
 @pytest.fixture
 def tiny_lake(tmp_path, monkeypatch) -> Path:
     """One posts_clean partition of 40 labelled posts (what `tune-bins` reads)."""
-    import pyarrow as pa
-
     from ml.lake import Lake
+    from tools.synthetic import write_posts_clean
 
-    schema = pa.schema(
-        [
-            ("id", pa.int64()),
-            ("hearts", pa.int64()),
-            ("comment_count", pa.int64()),
-            ("created_at", pa.timestamp("us")),
-            ("updated_at", pa.timestamp("us")),
-        ]
-    )
     created = datetime(2026, 10, 1)
     n = 40
-    table = pa.table(
+    root = tmp_path / "lake"
+    write_posts_clean(
+        Lake(str(root)),
+        DS,
         {
             "id": list(range(n)),
+            "caption": [f"post {i}" for i in range(n)],
             "hearts": [1 + i for i in range(n)],
             "comment_count": [i * i for i in range(n)],
             "created_at": [created] * n,
             "updated_at": [created] * n,
         },
-        schema=schema,
     )
-    root = tmp_path / "lake"
-    with Lake(str(root)).writer("posts_clean", DS, schema) as w:
-        w.write(table)
     monkeypatch.setenv("POSTFLOW_LAKE", str(root))
     monkeypatch.setenv("POSTFLOW_CONFIG", "")
     return root
