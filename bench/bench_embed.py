@@ -173,6 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="configuration timed against --precision in the same run (default: fp32 on CPU, "
         "the path of before; none on CUDA)",
     )
+    ap.add_argument(
+        "--engine",
+        choices=["eager", "onednn"],
+        default="eager",
+        help="of the configuration timed (onednn: TorchScript + oneDNN Graph fusion, CPU)",
+    )
     ap.add_argument("--rounds", type=int, default=2, help="end-to-end runs per configuration")
     ap.add_argument("--compile", action="store_true", help="torch.compile the image model")
     ap.add_argument(
@@ -193,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.precision = "bf16" if not gpu and native_bf16() else "auto"
     main_prec = resolve_precision(args.precision, device)
     base = args.baseline or ("none" if gpu else "fp32")
-    precisions = [main_prec] + ([base] if base not in ("none", main_prec) else [])
+    main_key = main_prec + ("+onednn" if args.engine == "onednn" else "")
+    precisions = [main_key] + ([base] if base not in ("none", main_key) else [])
 
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         root = Path(tmp)
@@ -221,7 +228,15 @@ def main(argv: list[str] | None = None) -> dict:
 
         tqdm.std.tqdm.monitor_interval = 0
         encoders = {
-            p: ImageEncoder("none", device, batch, p, args.compile and p == main_prec, seed=0)
+            p: ImageEncoder(
+                "none",
+                device,
+                batch,
+                p.split("+")[0],
+                args.compile and p == main_key,
+                seed=0,
+                engine="onednn" if p.endswith("+onednn") else "eager",
+            )
             for p in precisions
         }
         text_encoder = TextEncoder(args.text_model, device, batch_size=max(batch, 256))
@@ -233,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         warm = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
         for p, enc in encoders.items():
-            for _ in range(3 if args.compile and p == main_prec else 1):
+            for _ in range(3 if (args.compile and p == main_key) or "+onednn" in p else 1):
                 enc.encode(warm)
         text_encoder.encode(captions[:batch])
         print(f"models loaded in {load_s:.1f}s, warmed up in {time.perf_counter() - t:.1f}s")
@@ -274,15 +289,15 @@ def main(argv: list[str] | None = None) -> dict:
             )
         speedup = None
         if len(precisions) > 1:
-            speedup = e2e[main_prec] / e2e[base]
-            cos = _cosines(feats[main_prec], feats[base])
+            speedup = e2e[main_key] / e2e[base]
+            cos = _cosines(feats[main_key], feats[base])
             print(
-                f"speed-up {main_prec} over the baseline {base}, end to end: {speedup:.2f}x; "
+                f"speed-up {main_key} over the baseline {base}, end to end: {speedup:.2f}x; "
                 f"feature cosine to {base}: min {cos.min():.6f}, mean {cos.mean():.6f}"
             )
 
-        image_encoder = encoders[main_prec]
-        e2e_s = best[main_prec]
+        image_encoder = encoders[main_key]
+        e2e_s = best[main_key]
         t = time.perf_counter()
         again = embed_partition(lake, ds, store, image_encoder, text_encoder, opts)
         inc_s = time.perf_counter() - t
@@ -309,12 +324,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"{'not' if cap_rate > img_rate else 'IS'} the bottleneck)"
         )
     peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else None
-    rate = e2e[main_prec]
+    rate = e2e[main_key]
     print(
-        f"RESULT embed_posts_per_s={rate:.1f} ceiling_posts_per_s={ceiling[main_prec]:.1f} "
-        f"ratio={rate / ceiling[main_prec]:.2f}x incremental_fraction={frac:.3f} "
+        f"RESULT embed_posts_per_s={rate:.1f} ceiling_posts_per_s={ceiling[main_key]:.1f} "
+        f"ratio={rate / ceiling[main_key]:.2f}x incremental_fraction={frac:.3f} "
         f"captions_per_s={cap_rate:.0f} image_only_per_s={img_rate:.1f} device={device} "
-        f"precision={main_prec} "
+        f"precision={main_key} "
         + (
             f"baseline={base} baseline_posts_per_s={e2e[base]:.1f} speedup={speedup:.2f}x "
             if speedup
@@ -328,10 +343,10 @@ def main(argv: list[str] | None = None) -> dict:
         "posts": n,
         "image_size": size,
         "batch_size": batch,
-        "precision": main_prec,
+        "precision": main_key,
         "embed_posts_per_s": rate,
-        "ceiling_posts_per_s": ceiling[main_prec],
-        "ratio": rate / ceiling[main_prec],
+        "ceiling_posts_per_s": ceiling[main_key],
+        "ratio": rate / ceiling[main_key],
         "baseline": base if speedup else None,
         "baseline_posts_per_s": e2e[base] if speedup else None,
         "speedup": speedup,

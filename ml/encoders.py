@@ -189,7 +189,14 @@ class ImageEncoder:
         compile: bool = False,
         allow_download: bool = False,
         seed: int = 0,
+        engine: str = "eager",
     ) -> None:
+        """`engine`: eager (default), or onednn on CPU: the model traced and frozen by
+        TorchScript, its conv+bn+relu(+add) chains fused by oneDNN Graph (fp32: same features
+        to ~1e-6, 1.46-2.1x eager's speed measured here; opt-in while unproven on the demo)."""
+        if engine not in ("eager", "onednn") or (engine == "onednn" and device != "cpu"):
+            raise ValueError(f"engine must be eager, or onednn on cpu; got {engine!r} on {device}")
+        self.engine = engine
         self.weights, self.device, self.batch_size = weights, device, batch_size
         self.precision = resolve_precision(precision, device)
         if self.precision not in ("fp32", "fp16", "bf16"):
@@ -253,7 +260,19 @@ class ImageEncoder:
         model = model.eval().to(self.device, memory_format=torch.channels_last)
         self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255
+        if self.engine == "onednn":
+            model = self._onednn_graph(model)
         self.model = torch.compile(model) if self.compile else model
+
+    def _onednn_graph(self, model: Any) -> Any:
+        import torch
+
+        x = torch.zeros(1, 3, CROP, CROP).contiguous(memory_format=torch.channels_last)
+        bf16 = self.precision == "bf16"
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            frozen = torch.jit.freeze(torch.jit.trace(model, x))
+        torch.jit.enable_onednn_fusion(True)  # TorchScript-wide; only this model is scripted
+        return frozen
 
     def decode_jpegs(self, items: list[Item]) -> list[Any]:
         """uint8 (3, CROP, CROP) on the device per item, or None where the file is undecodable
@@ -303,10 +322,13 @@ class ImageEncoder:
 
         def run(sl: slice) -> np.ndarray:
             x = pixels[sl].float().sub_(self._mean).div_(self._std)
+            n = len(x)
+            if self.engine == "onednn" and n < self.batch_size:  # one shape: no re-fusing
+                x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
             x = x.contiguous(memory_format=torch.channels_last)
             self.calls += 1
             with torch.inference_mode(), torch.autocast(dev_type, dtype, enabled=dtype is not None):
-                y = self.model(x)
+                y = self.model(x)[:n]
             return y.float().cpu().numpy().astype(np.float16)
 
         return np.concatenate(_run_halving(run, len(pixels), self, "image encoder"))
