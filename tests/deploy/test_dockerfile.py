@@ -555,3 +555,15 @@ def test_weights_step_checks_a_local_file_like_torch_hub(tmp_path):
         timeout=60,
     )
     assert run.returncode == 0 and "random weights" in run.stdout
+
+
+def test_the_celery_workers_app_imports_with_the_locked_celery():
+    """`airflow celery worker` loads this module first; the celery provider needs a celery whose
+    database backend still has `retry` (gone in celery 5.7): the lock must pin one that has it."""
+    import subprocess
+    import sys
+
+    code = "import airflow.providers.celery.executors.celery_executor_utils"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert importlib.metadata.version("celery") == pins()["celery"]
