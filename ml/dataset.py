@@ -37,7 +37,7 @@ from ml.labels import (
     histogram,
     load_labels,
 )
-from ml.schema import N_FEATURES
+from ml.schema import IMG_DIM, N_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +242,10 @@ def split_features(lake: Any, split: WindowSplit, names: Sequence[str] = SPLITS)
             n = int((ds == d).sum())
             log.warning("no features partition for %s: %d labelled posts left out", d, n)
             continue
-        for pid, X_b, im, tm in batches:
+        for pid, img, txt, im, tm in batches:
             at = by_id[np.searchsorted(ids, pid, sorter=by_id)]
-            X[at] = X_b
+            X[at, :IMG_DIM] = img  # float16 -> float32 in place: no float32 copy of a batch
+            X[at, IMG_DIM:] = txt
             filled[at] = True
             im_models |= im
             tm_models |= tm

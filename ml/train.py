@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ml.config import parse_edges
+from ml.config import parse_edges, redact_uri
 from ml.dataset import SPLITS, TrainingData, build_split, split_features
 from ml.labels import histogram
 from ml.model import TrainConfig, TrainedModel, evaluate, train_baselines, train_model
@@ -146,16 +146,25 @@ def main(argv: list[str]) -> int:
         result.model.save(args.out)
     out = result.summary()
     if not args.no_mlflow:
+        from mlflow.exceptions import MlflowException
+
         from ml import registry
 
-        run_id = registry.log_training(result, settings, ds=args.ds, label_age_days=age)
-        client = registry.connect(settings)
-        exp_id = client.get_run(run_id).info.experiment_id
+        try:
+            run_id = registry.log_training(result, settings, ds=args.ds, label_age_days=age)
+            client = registry.connect(settings)
+            exp_id = client.get_run(run_id).info.experiment_id
+            version = registry.register_challenger(run_id, settings) if args.register else None
+        except (registry.RegistryError, MlflowException) as exc:  # MLflow went away meanwhile
+            msg = str(getattr(exc, "message", exc)).splitlines()[0][:500]
+            server = redact_uri(settings.mlflow_uri)
+            print(f"error: MLflow {server} failed after training: {msg}", file=sys.stderr)
+            return 2
         out |= {
             "run_id": run_id,
             "experiment_id": exp_id,
             "run_url": registry.run_url(settings, exp_id, run_id),
-            "version": registry.register_challenger(run_id, settings) if args.register else None,
+            "version": version,
         }
     print(json.dumps(out))
     return 0
