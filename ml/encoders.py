@@ -8,10 +8,12 @@ is decoded at a reduced DCT scale); on a GPU, JPEGs can be batch-decoded by nvJP
 all-MiniLM-L6-v2 (384-d, L2-normalised). Both return float16 and halve their batch on device
 out-of-memory. Models load on first use, so a run with nothing new to embed loads nothing.
 
-Precision `auto`: fp16 on CUDA, fp32 on CPU. `bf16` (opt-in, POSTFLOW_EMBED_PRECISION) runs
-ResNet50 under bf16 autocast: on a CPU with native bf16 (AVX512-BF16, AMX) 1.6-5x fp32's speed
-here, features at cosine > 0.99998 to fp32's, yet enough to move the demo's MLP macro-F1 by 0.01,
-hence not the default (emulated bf16 elsewhere is slower than fp32).
+Precision `auto`: fp16 on CUDA; on a CPU, bf16 autocast where the CPU computes bf16 in hardware
+(AVX512-BF16, AMX: 2.2-5.3x fp32's model speed measured here, features at cosine > 0.99998 to
+fp32's; the demo's MLP macro-F1 moved by +0.01, within what a reseed moves it), else fp32
+(emulated bf16 is slower than fp32). POSTFLOW_EMBED_PRECISION=fp32 keeps the exact features of
+before. A feature row's cache key names the weights, not the precision: rows embedded at
+another precision are reused as they are.
 """
 
 from __future__ import annotations
@@ -136,10 +138,12 @@ def native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """`auto` -> fp16 on CUDA, fp32 on CPU (features as before); others unchanged."""
+    """`auto` -> fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; others unchanged."""
     if precision != "auto":
         return precision
-    return "fp16" if device.startswith("cuda") else "fp32"
+    if device.startswith("cuda"):
+        return "fp16"
+    return "bf16" if native_bf16() else "fp32"
 
 
 def resolve_device(device: str) -> str:
