@@ -36,6 +36,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -119,6 +120,20 @@ def parse_result(line: str | None) -> Any:
         return json.loads(line)
     except ValueError:
         return None
+
+
+def exit_reason(rc: int) -> str:
+    """How a step ended, for the task's error: a negative code is the signal that killed it
+    (SIGKILL is what the kernel's OOM killer sends, so say so)."""
+    if rc >= 0:
+        return f"exited with {rc}"
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = f"signal {-rc}"
+    if -rc == signal.SIGKILL:
+        return f"was killed by {name} (out of memory? the kernel's OOM killer sends SIGKILL)"
+    return f"was killed by {name}"
 
 
 def settings_env(settings: Settings, *, secrets: bool = True) -> dict[str, str]:
@@ -209,7 +224,7 @@ class MLStepOperator(BaseOperator):
         last, tail, rc = self._run(cmd, env)
         if rc != 0:
             raise MLStepFailed(
-                f"python -m ml {self.step} exited with {rc}; stderr tail:\n" + "\n".join(tail)
+                f"python -m ml {self.step} {exit_reason(rc)}; stderr tail:\n" + "\n".join(tail)
             )
         result = parse_result(last)
         if result is None:
