@@ -204,6 +204,46 @@ class S3Server:
         return name
 
 
+def jpeg(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)) -> bytes:
+    """A small valid JPEG of one colour."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """An image root for ETL tests: 1.jpg .. 7.jpg (seven colours) and ok.jpg."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(1, 8):
+        (root / f"{i}.jpg").write_bytes(jpeg((30 * i, 90, 200 - 20 * i)))
+    (root / "ok.jpg").write_bytes(jpeg())
+    return root
+
+
+@pytest.fixture
+def stage_settings(tmp_path: Path, fresh_mysql_db, images: Path):
+    """Settings of the ETL stage tests, read through the SELECT-only reader account into a lake
+    under tmp_path; `stage_settings(extract_chunk_rows=3)` overrides any of them."""
+    from ml.config import Settings
+
+    def make(**overrides):
+        values = {
+            "mysql_uri": fresh_mysql_db.reader.uri(),
+            "lake": str(tmp_path / "lake"),
+            "image_root": str(images),
+            "image_workers": 1,
+        }
+        return Settings.load(values | overrides)
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """A real S3 endpoint (moto_server) on a free loopback port."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -13,13 +12,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from PIL import Image
 
 from ml.config import ConfigError, Settings
 from ml.etl import ReconciliationError, Window, clean, extract, reconcile, run_etl
 from ml.lake import Lake
 from ml.schema import RAW_SCHEMA
 from ml.source import choose_plan, extract_window
+from tests.conftest import jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -29,36 +28,13 @@ WINDOW = Window(DAY, DAY + timedelta(days=1))
 COLS = "id, author_id, caption, image_uri, hearts, comment_count, created_at, updated_at"
 
 
-def jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def naive(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(tzinfo=None)
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    root = tmp_path / "images"
-    root.mkdir()
-    for i in range(1, 8):
-        (root / f"{i}.jpg").write_bytes(jpeg((30 * i, 90, 200 - 20 * i)))
-    return root
-
-
-@pytest.fixture
-def settings(tmp_path: Path, fresh_mysql_db, images: Path) -> Settings:
-    return Settings.load(
-        {
-            "mysql_uri": fresh_mysql_db.reader.uri(),  # SELECT-only account
-            "lake": str(tmp_path / "lake"),
-            "image_root": str(images),
-            "image_workers": 1,
-            "extract_chunk_rows": 3,  # force several chunks on tiny data
-        }
-    )
+def settings(stage_settings) -> Settings:
+    return stage_settings(extract_chunk_rows=3)  # several chunks on tiny data
 
 
 def insert(db, rows: list[tuple]) -> None:

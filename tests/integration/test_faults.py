@@ -23,7 +23,7 @@ from ml.config import Settings
 from ml.etl import reconcile, run_etl
 from ml.lake import Lake, LakeError
 from tests.conftest import REPO, VENV_BIN
-from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, jpeg, row
+from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, row
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -32,25 +32,8 @@ DATASETS = ("posts_raw", "posts_clean", "quarantine")
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    root = tmp_path / "images"
-    root.mkdir()
-    for i in range(1, 8):
-        (root / f"{i}.jpg").write_bytes(jpeg((30 * i, 90, 200 - 20 * i)))
-    return root
-
-
-@pytest.fixture
-def settings(tmp_path: Path, fresh_mysql_db, images: Path) -> Settings:
-    return Settings.load(
-        {
-            "mysql_uri": fresh_mysql_db.reader.uri(),
-            "lake": str(tmp_path / "lake"),
-            "image_root": str(images),
-            "image_workers": 1,
-            "extract_chunk_rows": 4,
-        }
-    )
+def settings(stage_settings) -> Settings:
+    return stage_settings(extract_chunk_rows=4)
 
 
 def day_rows(ids: range) -> list[tuple]:

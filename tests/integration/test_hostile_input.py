@@ -15,8 +15,8 @@ from ml.config import Settings
 from ml.etl import ValidationFailed, Window, clean, extract, run_etl
 from ml.lake import Lake
 from ml.source import MySQLTarget, SourceError
-from tests.conftest import free_port
-from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, jpeg, naive, row
+from tests.conftest import free_port, jpeg
+from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, naive, row
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -25,24 +25,8 @@ T = DAY + timedelta(hours=3)
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Path:
-    root = tmp_path / "images"
-    root.mkdir()
-    for name in ["ok", *map(str, range(1, 8))]:  # row(i) points at (i - 1) % 7 + 1 .jpg
-        (root / f"{name}.jpg").write_bytes(jpeg())
-    return root
-
-
-@pytest.fixture
-def settings(tmp_path: Path, fresh_mysql_db, images: Path) -> Settings:
-    return Settings.load(
-        {
-            "mysql_uri": fresh_mysql_db.reader.uri(),
-            "lake": str(tmp_path / "lake"),
-            "image_root": str(images),
-            "image_workers": 1,
-        }
-    )
+def settings(stage_settings) -> Settings:
+    return stage_settings()
 
 
 def outcome(settings: Settings) -> dict[int, tuple[str, str]]:
