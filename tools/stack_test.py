@@ -21,7 +21,7 @@ that can pull no image.
    lake's partitions in S3. Then `down -v`. A failure prints the failing service's logs.
 
 Figures (build times, time to healthy, end-to-end time, image sizes) are printed and written to
-.postflow/stack/figures.json.
+figures.json in the state folder, .postflow/stack/ (POSTFLOW_STACK_DIR moves it).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from typing import Any
 from tools.up import api, get_token
 
 REPO = Path(__file__).resolve().parents[1]
-STATE = REPO / ".postflow" / "stack"
+# the cache (rootfs, wheelhouse), build logs, the generated .env and figures
+STATE = Path(os.environ.get("POSTFLOW_STACK_DIR", REPO / ".postflow" / "stack")).resolve()
 DOCKER = "/usr/bin/docker"  # Debian's client: the first `docker` on PATH may lack BuildKit
 PROJECT = "postflow-stacktest"
 VERSION = "stacktest"
@@ -528,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("stack-test needs root (apt-get, dockerd)", file=sys.stderr)
         return 2
+    STATE.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {}
     start = time.monotonic()
     rc = 0
@@ -552,16 +554,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nFAILED: {exc}", file=sys.stderr)
                 print_logs(exc.services)
                 rc = 1
-            except subprocess.CalledProcessError as exc:
-                print(f"\nFAILED: {exc}", file=sys.stderr)
+            except Exception as exc:  # a broken step: the services' logs tell why
+                print(f"\nFAILED: {exc!r}", file=sys.stderr)
                 print_logs(tuple(n for n, c in containers().items() if c["State"]["ExitCode"]))
                 rc = 1
             finally:
                 if started and not args.keep_up:
                     with timed(figures, "down_s"):
                         compose("down", "-v", "--remove-orphans", "-t", "10", check=False)
-        except StackFailure as exc:
-            print(f"\nFAILED: {exc}", file=sys.stderr)
+        except (StackFailure, OSError, subprocess.CalledProcessError) as exc:
+            print(f"\nFAILED: {exc!r}", file=sys.stderr)
             rc = 1
     figures["total_s"] = round(time.monotonic() - start, 1)
     (STATE / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
