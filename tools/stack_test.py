@@ -173,7 +173,8 @@ def wheelhouse_server(figures: dict):
             with (STATE / "wheelhouse.log").open("w") as fh:
                 run([*pip, "-w", str(house), *reqs], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
         (house / ".stamp").write_text(stamp)
-    port = free_port()
+    # a fixed address: PIP_FIND_LINKS is a build arg, part of the install layers' cache key
+    port = int(os.environ.get("POSTFLOW_WHEELHOUSE_PORT", "18765"))
     server = subprocess.Popen(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
         cwd=house,
