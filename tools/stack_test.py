@@ -163,6 +163,9 @@ def wheelhouse_server(figures: dict):
     house.mkdir(parents=True, exist_ok=True)
     reqs = out([sys.executable, "requirements/extras.py", "airflow", "ml", "mlflow-server"]).split()
     reqs += ["moto[server]", "aiosmtpd", "boto3"]  # the stand-ins
+    # Debian's Python is 3.11.2: redis needs async-timeout there (python_full_version < 3.11.3),
+    # which a newer host Python resolves without
+    reqs += ["async-timeout"]
     lock = (REPO / "requirements/constraints.txt").read_bytes()
     stamp = hashlib.sha256(lock + "\n".join(reqs).encode()).hexdigest()
     if (house / ".stamp").exists() and (house / ".stamp").read_text() == stamp:
