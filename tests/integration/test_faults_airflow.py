@@ -7,8 +7,11 @@ Airflow's retry completes the work, nothing lost, nothing duplicated."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -22,9 +25,11 @@ import pytest
 from ml.config import Settings
 from ml.etl import ReconciliationError, clean, extract, reconcile
 from ml.lake import Lake, LakeError, PartitionWriter
-from tests.conftest import demo_days, etl_days, load_dag
+from tests.conftest import REPO, VENV_BIN, demo_days, etl_days, free_port, load_dag
+from tests.integration import test_backfill_api as bf
 from tests.integration.test_etl_stages import WINDOW, ids_of, insert, jpeg
 from tests.integration.test_faults import NOW, day_rows
+from tools import up
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -298,3 +303,148 @@ def test_a_validate_committing_after_a_newer_one_is_refused(
     )
     assert reconcile(etl_settings, WINDOW)["rows_in"] == 30
     assert_day_whole(etl_settings, range(1, 31))
+
+
+# -- the scheduler of `make up`'s stack killed mid-backfill -------------------------------------
+# The stack as tests/integration/test_backfill_api.py starts it (tools.up: `airflow standalone`,
+# LocalExecutor, PostgreSQL metadata when reachable), its own posts and lake. `standalone` does
+# not restart a dead component: the operator starts `airflow scheduler` again with the same
+# environment. The scheduler's checks for orphaned tasks run every few seconds here instead of
+# the defaults (5 min), so that the test takes minutes, not tens of minutes.
+ORPHAN_CHECKS = {
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+}
+source = bf.source
+metadata_db = bf.metadata_db
+
+
+@pytest.fixture(scope="module")
+def standalone(source, metadata_db):
+    """(Stack, its environment, the standalone process, its home)."""
+    db, settings = source
+    metadata_url, pg_db = metadata_db
+    home = Path(tempfile.mkdtemp(prefix="postflow-up-"))
+    creds = up.ensure_credentials(home)
+    port = free_port()
+    env = up.airflow_environment(
+        home,
+        port,
+        creds,
+        {
+            "AIRFLOW_CONN_POSTS_MYSQL": db.reader.uri(),
+            "POSTFLOW_LAKE": settings.lake,
+            "POSTFLOW_IMAGE_ROOT": settings.image_root,
+            "POSTFLOW_IMAGE_WORKERS": "1",
+            "POSTFLOW_CONFIG": "",
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            **ORPHAN_CHECKS,
+        },
+        parallelism=3,
+        metadata_db=metadata_url,
+    )
+    up.prepare_metadata_db(env)
+    log = open(home / "standalone.log", "wb")
+    proc = up.start_airflow(env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        up.wait_http(f"{base}/api/v2/monitor/health", proc, timeout=300)
+        tokens = {u: up.get_token(base, u, creds.passwords[u]) for u in up.USERS}
+        stack = bf.Stack(base, tokens, creds.passwords, pg_db)
+        bf._wait_dag_parsed(stack)
+        yield stack, env, proc, home
+    except Exception:
+        log.flush()
+        print((home / "standalone.log").read_text(errors="replace")[-6000:])
+        raise
+    finally:
+        up.stop(proc)
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def the_scheduler(standalone_pid: int) -> psutil.Process:
+    """`airflow scheduler`, the child standalone started (its executor's workers are its own
+    children)."""
+    found = []
+    for child in psutil.Process(standalone_pid).children():
+        try:
+            if "scheduler" in child.cmdline()[1:3]:
+                found.append(child)
+        except psutil.Error:
+            continue
+    assert len(found) == 1, found
+    return found[0]
+
+
+def dead(proc: psutil.Process) -> bool:
+    """Gone, or a zombie (standalone reaps it only when its output pipe closes)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(what: str, check, timeout: float = 300, every: float = 1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(what)
+
+
+def ti_key(ti: dict) -> tuple[str, str]:
+    return ti["dag_run_id"], ti["task_id"]
+
+
+def running_tasks(stack) -> list[dict]:
+    status, body = stack.call(
+        "GET", "/api/v2/dags/posts_etl/dagRuns/~/taskInstances?state=running&limit=100"
+    )
+    assert status == 200, body
+    return body["task_instances"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_scheduler_killed_mid_backfill_then_restarted(standalone, source):
+    stack, env, proc, home = standalone
+    db, settings = source
+    days = bf.FIRST
+    expected = bf._source_counts(db, days)
+    bf._set_paused(stack, False)
+    backfill = bf._backfill(stack, days, "none")
+
+    in_flight = wait_for("a task running", lambda: running_tasks(stack), every=0.5)
+    scheduler = the_scheduler(proc.pid)
+    scheduler.send_signal(signal.SIGKILL)
+    wait_for("the scheduler dead", lambda: dead(scheduler), timeout=30, every=0.1)
+    assert proc.poll() is None  # standalone itself lives on (and does not restart it)
+
+    # the operator starts the scheduler again, the same way
+    log = open(home / "scheduler-restarted.log", "wb")
+    restarted = subprocess.Popen(
+        [str(VENV_BIN / "airflow"), "scheduler"],
+        env=dict(env),
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        runs = bf._wait_backfill(stack, backfill["id"], days, timeout=900)
+    finally:
+        up.stop(restarted)
+        log.close()
+    assert {str(d): runs[str(d)]["state"] for d in days} == {str(d): "success" for d in days}
+    bf._check_partitions(Lake.from_settings(settings), days, expected)
+    status, body = stack.call("GET", "/api/v2/dags/posts_etl/dagRuns/~/taskInstances?limit=100")
+    assert status == 200, body
+    tries = {ti_key(t): (t["state"], t["try_number"]) for t in body["task_instances"]}
+    print("in flight at the kill:", [ti_key(t) for t in in_flight])
+    print("after:", tries)
+    for t in in_flight:  # the task the dead scheduler had started ended well
+        assert tries[ti_key(t)][0] == "success"
