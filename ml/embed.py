@@ -240,6 +240,7 @@ def embed_partition(
         multiprocessing_context=worker_context() if opts.workers else None,
     )
     progress = Progress(label, len(ids), opts.progress_every_s, unit="posts")
+    progress.start()
     skipped: list[dict[str, Any]] = []
     hits: dict[tuple[str, str], dict[int, str]] = {}
     computed = 0
@@ -286,6 +287,7 @@ def embed_partition(
                     )
                     computed += len(todo)
                 progress.add(len(batch))
+            progress.finish()
         finally:
             text_pool.shutdown(wait=True)
 

@@ -44,6 +44,10 @@ class ValidationFailed(RuntimeError):
     """A batch-level expectation of severity `error` failed: the day must not feed training."""
 
 
+class StaleExtract(RuntimeError):
+    """posts_raw changed while a validate step read it: its partitions would be stale."""
+
+
 class ReconciliationError(RuntimeError):
     """Rows were lost or duplicated between extract and the clean/quarantine partitions."""
 
@@ -307,6 +311,21 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
         )
         clean_w.meta.update(common, quarantined=stats.quarantined)
         quar_w.meta.update(common, reasons=dict(sorted(stats.reasons.items())))
+
+        # A run of the same day may re-extract meanwhile (a backfill overlapping the scheduled
+        # run): rows of the older extract must then not replace partitions built from the newer
+        # one. Checked by each writer right before its manifest, so neither partition of a stale
+        # run lands; the retry validates the current extract. (Between that read and the
+        # manifest write a window of microseconds remains: the lake has no compare-and-set.)
+        def same_extract() -> None:
+            current = (lake.read_manifest(DATASET_RAW, ds) or {}).get("run_id")
+            if current != raw_manifest["run_id"]:
+                raise StaleExtract(
+                    f"{ds}: posts_raw was re-extracted ({raw_manifest['run_id']} -> {current}) "
+                    "while this run validated it; not committed, re-run the validate step"
+                )
+
+        clean_w.precondition = quar_w.precondition = same_extract
     progress.add(0, force=True)
     for warning in stats.batch_warnings:
         log.warning("validation warning for %s: %s", ds, warning)

@@ -16,7 +16,7 @@ import json
 import posixpath
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -243,6 +243,9 @@ class PartitionWriter:
         self.data_file = f"part-{self.run_id}.parquet"
         self.rows = 0
         self.meta: dict[str, Any] = {}
+        # called with no argument right before the manifest is written; raising aborts the
+        # commit (a writer that must not commit on top of changed inputs sets it)
+        self.precondition: Callable[[], None] | None = None
         self.artifacts: list[str] = []
         self.manifest: dict[str, Any] | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -299,6 +302,8 @@ class PartitionWriter:
             **self.meta,
         }
         body = json.dumps(manifest, indent=2, default=str).encode()
+        if self.precondition is not None:
+            self.precondition()
         final = posixpath.join(self.dir, MANIFEST)
         # read just before replacing it: deleting what it lists can never hit the files of a
         # manifest written after ours (a concurrent writer's), only the version ours replaces

@@ -28,6 +28,17 @@ class Progress:
         self.t0 = self.last = clock()
         self.done = 0
 
+    def start(self) -> None:
+        """A first line before any work: with `finish`, a run of several short steps (the
+        embed shards of a demo) never leaves the reader without a line for long."""
+        self.last = self.clock()
+        total = f"{self.total} " if self.total else ""
+        log.info("%s: starting, %s%s to do", self.what, total, self.unit)
+
+    def finish(self) -> None:
+        """The last line, whatever the interval: the count done and the overall rate."""
+        self.add(0, force=True)
+
     def add(self, n: int, force: bool = False) -> None:
         self.done += n
         now = self.clock()

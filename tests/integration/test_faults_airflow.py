@@ -251,11 +251,6 @@ def assert_day_whole(settings: Settings, ids: range) -> None:
     assert sorted(both) == raw, "a post lost or duplicated between posts_clean and quarantine"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ml.etl.clean commits without checking that posts_raw is still the extract it read: "
-    "a late validate replaces a newer posts_clean after the other run reconciled (lead told)",
-)
 def test_a_validate_committing_after_a_newer_one_is_refused(
     etl_settings, fresh_mysql_db, monkeypatch
 ):

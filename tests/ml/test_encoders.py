@@ -98,6 +98,12 @@ def test_progress_lines_come_at_the_configured_interval(caplog):
     assert seen == [0, 0, 0, 0, 1, 1, 1, 1, 1, 2]
     first = caplog.records[0].getMessage()
     assert first == "embed ds=X: 50/100 posts, 1 posts/s, ETA 35s", first
+    p.start()  # a step's first line, and its last one whatever the interval
+    p.finish()
+    assert [r.getMessage() for r in caplog.records[-2:]] == [
+        "embed ds=X: starting, 100 posts to do",
+        "embed ds=X: 100/100 posts, 1 posts/s, ETA 0s",
+    ]
 
 
 def test_embed_logs_progress_with_rate_and_eta(tmp_path, caplog):
@@ -129,7 +135,9 @@ def test_embed_logs_progress_with_rate_and_eta(tmp_path, caplog):
             EM.EmbedOptions(batch_size=1, progress_every_s=0),
         )
     lines = [r.getMessage() for r in caplog.records if r.name == "ml.progress"]
-    assert len(lines) == 3, lines  # one per batch at interval 0
+    # a line before any work, one per batch at interval 0, and the closing one
+    assert len(lines) == 5, lines
+    assert lines[0] == f"embed ds={DS}: starting, 3 posts to do"
     assert lines[-1].startswith(f"embed ds={DS}: 3/3 posts, ") and "posts/s, ETA 0s" in lines[-1]
 
 
