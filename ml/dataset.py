@@ -211,6 +211,8 @@ def _compact_rows(X: np.ndarray, keep: np.ndarray) -> np.ndarray:
     idx = np.flatnonzero(keep)
     if len(idx) == len(X):
         return X
+    if len(idx) == 0:
+        return X[:0]
     starts = np.flatnonzero(np.diff(idx, prepend=-2) != 1)  # runs of consecutive kept rows
     ends = np.append(starts[1:], len(idx))
     step = 8192  # rows per copy: numpy buffers an overlapping copy, so keep each one small

@@ -82,3 +82,4 @@ def test_compact_rows_moves_rows_down_without_losing_any():
     got = DS._compact_rows(X, keep)
     np.testing.assert_array_equal(got, want)
     assert np.shares_memory(got, X)
+    assert DS._compact_rows(X, np.zeros(len(X), bool)).shape == (0, 3)  # none kept
