@@ -398,7 +398,7 @@ def main(argv: list[str]) -> int:
         "--precision",
         choices=["auto", "fp32", "fp16", "bf16"],
         default=None,
-        help="auto: fp16 on CUDA, fp32 on CPU; bf16: faster on a CPU with native bf16 "
+        help="auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32 "
         "(default: POSTFLOW_EMBED_PRECISION)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the image model")

@@ -167,6 +167,25 @@ def demo_days(settings, days: list[date], posts: int, seed: int) -> dict:
     return generate(settings, posts=posts, days=len(days), end=end, seed=seed, replace=True)
 
 
+def demo_lake(mysql_db, root: Path, days: list[date], posts: int, seed: int):
+    """Settings of a lake and an image root under `root`, read from `mysql_db` (admin), with
+    `posts` demo posts over `days` in its posts table (`demo_days`): what the retrain tests put
+    through posts_etl."""
+    from ml.config import Settings
+
+    settings = Settings.load(
+        {
+            "mysql_uri": mysql_db.admin.uri(),
+            "lake": str(root / "lake"),
+            "image_root": str(root / "images"),
+            "image_workers": 2,
+        },
+        environ={},
+    )
+    demo_days(settings, days, posts=posts, seed=seed)
+    return settings
+
+
 def run_posts_etl(day: date, dag=None):
     """A manual `posts_etl` run that reads the complete day `day` (logical date D+1, 00:00 UTC);
     `dag`: None parses dags/posts_etl.py. Returns the DagRun."""

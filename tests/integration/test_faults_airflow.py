@@ -25,7 +25,7 @@ import pytest
 from ml.config import Settings
 from ml.etl import ReconciliationError, clean, extract, reconcile
 from ml.lake import Lake, LakeError, PartitionWriter
-from tests.conftest import REPO, VENV_BIN, demo_days, etl_days, free_port, load_dag
+from tests.conftest import REPO, VENV_BIN, demo_lake, etl_days, free_port, load_dag
 from tests.integration import test_backfill_api as bf
 from tests.integration.test_etl_stages import WINDOW, ids_of, insert, jpeg
 from tests.integration.test_faults import NOW, day_rows
@@ -84,17 +84,7 @@ def test_a_step_killed_by_sigkill_fails_naming_the_signal():
 @pytest.fixture(scope="module")
 def lake_of_two_days(mysql_db, airflow_db, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults_airflow")
-    settings = Settings.load(
-        {
-            "mysql_uri": mysql_db.admin.uri(),
-            "lake": str(root / "lake"),
-            "image_root": str(root / "images"),
-            "image_workers": 2,
-        },
-        environ={},
-    )
-    demo_days(settings, DAYS, posts=360, seed=7)
-    return settings
+    return demo_lake(mysql_db, root, DAYS, posts=360, seed=7)
 
 
 @pytest.fixture

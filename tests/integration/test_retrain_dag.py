@@ -15,7 +15,7 @@ import pytest
 
 from ml.config import Settings
 from ml.lake import Lake
-from tests.conftest import demo_days, etl_days, load_dag
+from tests.conftest import demo_lake, etl_days, load_dag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,19 +24,9 @@ DAYS = [date(2026, 11, 18), date(2026, 11, 19)]
 
 @pytest.fixture(scope="module")
 def lake_of_two_days(mysql_db, airflow_db, tmp_path_factory):
-    """Two days of demo posts through posts_etl, as production would have them."""
+    """Two days of demo posts, as production would have them (posts_etl runs in the tests)."""
     root = tmp_path_factory.mktemp("retrain")
-    settings = Settings.load(
-        {
-            "mysql_uri": mysql_db.admin.uri(),
-            "lake": str(root / "lake"),
-            "image_root": str(root / "images"),
-            "image_workers": 2,
-        },
-        environ={},
-    )
-    demo_days(settings, DAYS, posts=360, seed=5)
-    return settings
+    return demo_lake(mysql_db, root, DAYS, posts=360, seed=5)
 
 
 @pytest.fixture
