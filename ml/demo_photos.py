@@ -159,7 +159,7 @@ def image_store(settings: Settings) -> ImageStore:
     """The store the photos go to (`settings.image_root`); DemoDataError for a root it cannot
     be (a URL scheme other than s3:// or file://, a bad bucket name)."""
     try:
-        return ImageStore(settings.image_root, settings.s3_endpoint, settings.s3_region)
+        return ImageStore.from_settings(settings)
     except ValueError as exc:
         raise DemoDataError(str(exc)) from None
 

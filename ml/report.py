@@ -85,7 +85,7 @@ def build(
     t0 = time.perf_counter()
     thumbs: dict[str, bytes] = {}
     if data["errors"] and data["errors"]["mistakes"]:
-        store = images or ImageStore(settings.image_root, settings.s3_endpoint, settings.s3_region)
+        store = images or ImageStore.from_settings(settings)  # confined and bounded reads
         thumbs = thumbnails(store, data["errors"]["mistakes"])
     data["timings_s"]["thumbnails"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
