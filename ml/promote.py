@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ml.dataset import TrainingData, load_dataset
-from ml.model import metrics_from_predictions
+from ml.model import macro_f1_of_counts, metrics_from_predictions
 from ml.registry import CHAMPION, RegistryError, alias_version, connect, load_version
 
 log = logging.getLogger(__name__)
@@ -46,20 +46,6 @@ class Interval:
 
     def to_list(self) -> list[float]:
         return [self.low, self.high]
-
-
-def macro_f1_of_counts(cm: np.ndarray) -> np.ndarray:
-    """Macro-F1 of confusion matrices (..., k, k), rows = truth, with the definition of
-    `ml.model.metrics_from_predictions`: the mean F1 over classes present or predicted."""
-    cm = np.asarray(cm, np.float64)
-    tp = np.diagonal(cm, axis1=-2, axis2=-1)
-    support, predicted = cm.sum(-1), cm.sum(-2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    seen = (support > 0) | (predicted > 0)
-    return (f1 * seen).sum(-1) / np.maximum(seen.sum(-1), 1)
 
 
 @dataclass

@@ -298,7 +298,7 @@ def test_paired_bootstrap_matches_the_point_metric_and_pairs_the_draws():
     assert boot.challenger.low < point < boot.challenger.high
     assert boot.improvement == P.Interval(0.0, 0.0)  # the same predictions: no gain in any draw
     cm = np.asarray(M.metrics_from_predictions(y, a, 8)["confusion_matrix"])
-    assert P.macro_f1_of_counts(cm) == pytest.approx(point)
+    assert M.macro_f1_of_counts(cm) == pytest.approx(point)
 
 
 def test_a_lucky_challenger_is_rejected_and_a_real_gain_promoted():
