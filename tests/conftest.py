@@ -186,6 +186,36 @@ def demo_lake(mysql_db, root: Path, days: list[date], posts: int, seed: int):
     return settings
 
 
+def retrain_environment(settings, mysql_db, mlflow_server, monkeypatch, **extra: str):
+    """Settings (and the process environment) for running the `retrain` DAG on a demo lake
+    (`demo_lake`): the local runner, random weights on CPU, a fresh experiment and registered
+    model on `mlflow_server`; `extra` adds or overrides POSTFLOW_* variables."""
+    import uuid
+
+    from ml.config import Settings
+
+    name = f"post-engagement-{uuid.uuid4().hex[:6]}"
+    env = {
+        "AIRFLOW_CONN_POSTS_MYSQL": mysql_db.reader.uri(),
+        "POSTFLOW_LAKE": settings.lake,
+        "POSTFLOW_IMAGE_ROOT": settings.image_root,
+        "POSTFLOW_IMAGE_WORKERS": "2",
+        "POSTFLOW_MLFLOW_URI": mlflow_server.uri,
+        "POSTFLOW_MLFLOW_EXPERIMENT": name,
+        "POSTFLOW_REGISTERED_MODEL": name,
+        "POSTFLOW_IMAGE_WEIGHTS": "none",
+        "POSTFLOW_DEVICE": "cpu",
+        "POSTFLOW_LABEL_AGE_DAYS": "0",  # demo comment counts are final at once
+        "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        **extra,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return Settings.load(environ=env | {"POSTFLOW_CONFIG": ""})
+
+
 def run_posts_etl(day: date, dag=None):
     """A manual `posts_etl` run that reads the complete day `day` (logical date D+1, 00:00 UTC);
     `dag`: None parses dags/posts_etl.py. Returns the DagRun."""

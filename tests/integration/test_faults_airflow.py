@@ -14,7 +14,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
@@ -25,7 +24,15 @@ import pytest
 from ml.config import Settings
 from ml.etl import ReconciliationError, clean, extract, reconcile
 from ml.lake import Lake, LakeError, PartitionWriter
-from tests.conftest import REPO, VENV_BIN, demo_lake, etl_days, free_port, load_dag
+from tests.conftest import (
+    REPO,
+    VENV_BIN,
+    demo_lake,
+    etl_days,
+    free_port,
+    load_dag,
+    retrain_environment,
+)
 from tests.integration import test_backfill_api as bf
 from tests.integration.test_etl_stages import WINDOW, ids_of, insert, jpeg
 from tests.integration.test_faults import NOW, day_rows
@@ -89,27 +96,9 @@ def lake_of_two_days(mysql_db, airflow_db, tmp_path_factory):
 
 @pytest.fixture
 def retrain_env(lake_of_two_days, mysql_db, mlflow_server, monkeypatch) -> Settings:
-    settings = lake_of_two_days
-    name = f"post-engagement-{uuid.uuid4().hex[:6]}"
-    env = {
-        "AIRFLOW_CONN_POSTS_MYSQL": mysql_db.reader.uri(),
-        "POSTFLOW_LAKE": settings.lake,
-        "POSTFLOW_IMAGE_ROOT": settings.image_root,
-        "POSTFLOW_IMAGE_WORKERS": "2",
-        "POSTFLOW_MLFLOW_URI": mlflow_server.uri,
-        "POSTFLOW_MLFLOW_EXPERIMENT": name,
-        "POSTFLOW_REGISTERED_MODEL": name,
-        "POSTFLOW_IMAGE_WEIGHTS": "none",
-        "POSTFLOW_DEVICE": "cpu",
-        "POSTFLOW_EMBED_SHARDS": "1",
-        "POSTFLOW_LABEL_AGE_DAYS": "0",
-        "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return Settings.load(environ=env | {"POSTFLOW_CONFIG": ""})
+    return retrain_environment(
+        lake_of_two_days, mysql_db, mlflow_server, monkeypatch, POSTFLOW_EMBED_SHARDS="1"
+    )
 
 
 class KillWhenRunAppears(threading.Thread):

@@ -8,14 +8,12 @@ downloaded here) and the packaged MiniLM; the run is tagged so.
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import date
 
 import pytest
 
-from ml.config import Settings
 from ml.lake import Lake
-from tests.conftest import demo_lake, etl_days, load_dag
+from tests.conftest import demo_lake, etl_days, load_dag, retrain_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,28 +29,14 @@ def lake_of_two_days(mysql_db, airflow_db, tmp_path_factory):
 
 @pytest.fixture
 def retrain_env(lake_of_two_days, mysql_db, mlflow_server, monkeypatch):
-    settings = lake_of_two_days
-    name = f"post-engagement-{uuid.uuid4().hex[:6]}"
-    env = {
-        "AIRFLOW_CONN_POSTS_MYSQL": mysql_db.reader.uri(),
-        "POSTFLOW_LAKE": settings.lake,
-        "POSTFLOW_IMAGE_ROOT": settings.image_root,
-        "POSTFLOW_IMAGE_WORKERS": "2",
-        "POSTFLOW_MLFLOW_URI": mlflow_server.uri,
-        "POSTFLOW_MLFLOW_EXPERIMENT": name,
-        "POSTFLOW_REGISTERED_MODEL": name,
-        "POSTFLOW_IMAGE_WEIGHTS": "none",
-        "POSTFLOW_DEVICE": "cpu",
-        "POSTFLOW_EMBED_SHARDS": "2",
-        "POSTFLOW_LABEL_AGE_DAYS": "0",  # demo comment counts are final at once
-        "POSTFLOW_PROMOTION_MARGIN": "0.01",  # an identical retrain must not replace the champion
-        "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return Settings.load(environ=env | {"POSTFLOW_CONFIG": ""})
+    return retrain_environment(
+        lake_of_two_days,
+        mysql_db,
+        mlflow_server,
+        monkeypatch,
+        POSTFLOW_EMBED_SHARDS="2",
+        POSTFLOW_PROMOTION_MARGIN="0.01",  # an identical retrain must not replace the champion
+    )
 
 
 def _dag(dag_id: str):
