@@ -1,10 +1,13 @@
-"""deploy/helm/values.yaml for the official Airflow Helm chart, read as data: no cluster and no
-chart here (the chart's values.schema.json is not shipped with postflow), so the keys were checked
-by hand against the chart's documented values; these tests hold the values to postflow's own
+"""deploy/helm/values.yaml for the official Airflow Helm chart, read as data (no cluster here).
+Its keys are checked by machine against the chart's own values.schema.json, vendored in
+tests/deploy/airflow-chart/ (chart version, commit and refresh steps in its README), and the
+header's chart version must be that one. The other tests hold the values to postflow's own
 contracts: images, settings, the GPU pool, the RBAC subject and the Secrets they name."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import re
 from dataclasses import fields
@@ -12,12 +15,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.version import Version
 
 from ml.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 VALUES = REPO / "deploy/helm/values.yaml"
 SECRETS = REPO / "deploy/helm/secrets.template.yaml"
+# the chart's values.schema.json, vendored unedited, and the README that says which chart it is
+CHART_SCHEMA = REPO / "tests/deploy/airflow-chart/values.schema.json"
+CHART_README = REPO / "tests/deploy/airflow-chart/README.md"
 # the chart's secret-name values and the key each Secret must hold (chart docs)
 SECRET_KEYS = {
     ("data", "metadataSecretName"): "connection",
@@ -40,6 +47,46 @@ def secrets() -> dict[str, dict]:
     docs = [d for d in yaml.safe_load_all(SECRETS.read_text()) if d]
     assert all(d["kind"] == "Secret" and d["metadata"]["namespace"] == "airflow" for d in docs)
     return {d["metadata"]["name"]: d["stringData"] for d in docs}
+
+
+@pytest.fixture(scope="module")
+def chart_schema() -> dict:
+    return json.loads(CHART_SCHEMA.read_text())
+
+
+def vendored_chart() -> dict[str, str]:
+    """The README's `Chart version:`, `appVersion:`, `Commit:` and `Blob:` lines."""
+    keys = ("Chart version", "appVersion", "Commit", "Blob")
+    found = re.findall(rf"^({'|'.join(keys)}): (\S+)$", CHART_README.read_text(), re.MULTILINE)
+    assert sorted(k for k, _ in found) == sorted(keys), found
+    return dict(found)
+
+
+def schema_errors(values: dict, schema: dict) -> list[str]:
+    """What the chart's schema rejects in `values`, as `path: message` lines."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in cls(schema).iter_errors(values)
+    ]
+    # The schema's top level has no `additionalProperties: false` (its sections do): a misspelt
+    # top-level key would pass it, and the chart would ignore it. So each must be a chart value.
+    unknown = [key for key in values if key not in schema["properties"]]
+    errors += [f"{key}: not a value of the chart" for key in unknown]
+    return errors
+
+
+def header_text() -> str:
+    """values.yaml's leading comment, its lines joined with single spaces."""
+    lines = []
+    for line in VALUES.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(" ".join(lines).split())
 
 
 def env_of(values: dict) -> dict[str, str]:
@@ -107,3 +154,43 @@ def test_every_secret_named_is_templated_with_the_key_the_chart_reads(values, se
     for data in secrets.values():
         for value in data.values():
             assert "change-me" in value, "the template holds placeholders only"
+
+
+def test_values_validate_against_the_charts_schema(values, chart_schema):
+    assert schema_errors(values, chart_schema) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "planted"),
+    [
+        (("workers", "serviceAcount"), {"name": "airflow-worker"}),  # misspelt section key
+        (("data", "metadataSecret"), "postflow-airflow-metadata"),  # misspelt secret name key
+        (("executer",), "CeleryExecutor"),  # misspelt top-level key
+        (("workers", "replicas"), "two"),  # wrong type
+    ],
+)
+def test_schema_check_rejects_misspelt_keys(values, chart_schema, path, planted):
+    broken = copy.deepcopy(values)
+    node = broken
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = planted
+    errors = schema_errors(broken, chart_schema)
+    assert errors and any(path[-1] in e or ".".join(path) in e for e in errors), errors
+
+
+def test_vendored_schema_is_the_chart_the_readme_and_header_name(values, chart_schema):
+    chart = vendored_chart()
+    data = CHART_SCHEMA.read_bytes()
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    assert blob == chart["Blob"], "values.schema.json was edited, or the README names another blob"
+    # the README's appVersion is the vendored schema's own default Airflow
+    for key in ("airflowVersion", "defaultAirflowTag"):
+        assert chart_schema["properties"][key]["default"] == chart["appVersion"], key
+    header = header_text()
+    named = set(re.findall(r"\bchart (\d+\.\d+\.\d+)", header, re.IGNORECASE))
+    named |= set(re.findall(r"--version (\S+)", header))
+    assert named == {chart["Chart version"]}, "the header installs and names the vendored chart"
+    assert f"defaults to Airflow {chart['appVersion']}" in header, header
+    assert f"runs Airflow {values['airflowVersion']}" in header, header
+    assert Version(values["airflowVersion"]) >= Version(chart["appVersion"])
