@@ -543,3 +543,33 @@ def test_store_pickles_without_client(s3_endpoint: str, bucket: str) -> None:
     assert store.fetch("posts/2024/a.jpg")[:2] == b"\xff\xd8"
     clone = pickle.loads(pickle.dumps(store))
     assert clone.fetch("posts/2024/a.jpg")[:2] == b"\xff\xd8"
+
+
+def _check_in_a_daemon(root: str, uris: list[str], out) -> None:
+    try:
+        results = check_uris(uris, Settings(image_root=root, image_workers=2))
+        out.put([(r.reason and r.reason.value, r.width) for r in results])
+    except BaseException as exc:  # the parent asserts on what came back
+        out.put(repr(exc))
+
+
+def test_check_uris_in_a_daemonic_process(tmp_path: Path) -> None:
+    """A Celery prefork worker's task is a daemonic process, which may start no child process:
+    the check must still run all its photos (over threads) instead of failing the task."""
+    import multiprocessing
+
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(encode(photo(16 + i, 16, seed=i), "PNG"))
+    (tmp_path / "bad.png").write_bytes(encode(photo(16, 16), "PNG")[:60])
+    uris = [f"{i % 3}.png" if i % 7 else "bad.png" for i in range(150)]
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_check_in_a_daemon, args=(str(tmp_path), uris, out), daemon=True)
+    proc.start()
+    got = out.get(timeout=120)
+    proc.join(30)
+    assert isinstance(got, list), got
+    expected = [
+        (None, 16 + i % 3) if i % 7 else (Reason.IMAGE_CORRUPT.value, None) for i in range(150)
+    ]
+    assert got == expected
