@@ -116,9 +116,10 @@ def nft_tables() -> set[str]:
 
 
 @contextmanager
-def docker_daemon():
+def docker_daemon(keep: bool = False):
     """A Docker engine for the run: the one that answers, else a `dockerd` of ours, stopped by
-    its PID afterwards with the nft tables it added deleted and ip_forward as it was."""
+    its PID afterwards with the nft tables it added deleted and ip_forward as it was (`keep`:
+    left running, for a stack kept up; the next run uses it)."""
     if run([DOCKER, "info"], capture_output=True, check=False).returncode == 0:
         log("using the Docker engine that is already running (left running)")
         yield
@@ -144,16 +145,23 @@ def docker_daemon():
         log(f"dockerd started (pid {proc.pid})")
         yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for table in sorted(nft_tables() - tables):
-            run(["nft", "delete", *table.split()[1:]], check=False)
-        Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
-        log(f"dockerd stopped; nft tables and ip_forward as before ({forward.strip()})")
+        if keep:
+            log(f"dockerd left running (pid {proc.pid}): kill {proc.pid} stops it")
+        else:
+            stop_dockerd(proc, tables, forward)
+
+
+def stop_dockerd(proc: subprocess.Popen, tables: set[str], forward: str) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for table in sorted(nft_tables() - tables):
+        run(["nft", "delete", *table.split()[1:]], check=False)
+    Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
+    log(f"dockerd stopped; nft tables and ip_forward as before ({forward.strip()})")
 
 
 @contextmanager
@@ -413,19 +421,23 @@ def drive(env: dict[str, str], figures: dict) -> None:
             f"the DAG {dag_id} to be parsed",
         )
         af.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-    # the seed's demo posts were updated on the three days before today (UTC)
+    # the seed's demo posts were updated on the three days before today (UTC); a backfill's
+    # range is of logical dates, inclusive, and a posts_etl run's logical date is the day it reads
     today = datetime.now(UTC).date()
     days = [today - timedelta(days=k) for k in (3, 2, 1)]
     body = {
         "dag_id": "posts_etl",
-        "from_date": f"{days[0] + timedelta(days=1)}T00:00:00Z",
-        "to_date": f"{days[-1] + timedelta(days=1)}T00:00:00Z",
+        "from_date": f"{days[0]}T00:00:00Z",
+        "to_date": f"{days[-1]}T00:00:00Z",
         "reprocess_behavior": "none",
         "max_active_runs": 3,
     }
     with timed(figures, "backfill_posts_etl_s"):
         af.call("POST", "/api/v2/backfills", body)
-        af.wait_runs("posts_etl", 3, 1800)
+        runs = af.wait_runs("posts_etl", 3, 1800)
+    read = sorted(r["data_interval_start"][:10] for r in runs)
+    if read != [str(d) for d in days]:
+        raise StackFailure(f"the backfill read the days {read}, not {days}")
     log("posts_etl backfilled for " + ", ".join(map(str, days)))
 
     with timed(figures, "retrain_s"):
@@ -539,13 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     install_packages()
     with ExitStack() as stack:
-        stack.enter_context(docker_daemon())
+        stack.enter_context(docker_daemon(keep=args.keep_up))
         try:
             base_image(figures)
             wheels = stack.enter_context(wheelhouse_server(figures))
             with timed(figures, "build_all_s"):
                 build_images(figures, wheels)
             env = write_env(args.posts)
+            # what an interrupted run left: its volumes hold the secrets of another .env
+            compose("down", "-v", "--remove-orphans", "-t", "10", check=False, capture=True)
             started = False
             try:
                 with timed(figures, "up_to_healthy_s"):
@@ -566,6 +580,12 @@ def main(argv: list[str] | None = None) -> int:
                 if started and not args.keep_up:
                     with timed(figures, "down_s"):
                         compose("down", "-v", "--remove-orphans", "-t", "10", check=False)
+                elif started:
+                    files = " ".join(f"-f {f}" for f in COMPOSE_FILES)
+                    log(
+                        f"stack left up; take it down with: docker-compose -p {PROJECT} "
+                        f"--env-file {STATE / 'stack.env'} {files} down -v"
+                    )
         except (StackFailure, OSError, subprocess.CalledProcessError) as exc:
             print(f"\nFAILED: {exc!r}", file=sys.stderr)
             rc = 1
