@@ -49,12 +49,9 @@ def days_from_context(context: dict[str, Any]) -> list[str]:
 def plan_retrain(days: list[str], settings: Settings) -> dict[str, Any]:
     """Argument lists of every `python -m ml` step of the run (XCom-sized: strings only)."""
     shards = max(1, settings.embed_shards)
-    embed_common = ["--image-weights", settings.image_weights, "--device", settings.device]
-    if settings.text_model:
-        embed_common += ["--text-model", settings.text_model]
-    embed = [
-        ["--ds", d, "--shard", f"{i}/{shards}", *embed_common] for d in days for i in range(shards)
-    ]
+    # Which weights, models and device a step uses are settings of the machine that runs it (the
+    # ML worker's image, the pod's env), not of the worker that plans: no argument for them.
+    embed = [["--ds", d, "--shard", f"{i}/{shards}"] for d in days for i in range(shards)]
     # Always shard (1/1 included) and merge: one path, and `features/ds` only ever appears whole.
     merge = ["--ds", ",".join(days), "--merge-shards", str(shards)]
     end = max(days)
@@ -70,8 +67,6 @@ def plan_retrain(days: list[str], settings: Settings) -> dict[str, Any]:
         str(settings.label_age_days),
         "--edges",
         settings.bin_edges,
-        "--device",
-        settings.device,
     ]
     return {
         "days": days,

@@ -51,14 +51,26 @@ def test_plan_shards_every_day_and_trains_on_the_window_ending_at_the_last_day()
     )
     plan = plan_retrain(["2026-11-09", "2026-11-10"], settings)
     assert plan["embed"] == [
-        ["--ds", d, "--shard", f"{i}/2", "--image-weights", "none", "--device", "cpu"]
-        for d in ("2026-11-09", "2026-11-10")
-        for i in range(2)
+        ["--ds", d, "--shard", f"{i}/2"] for d in ("2026-11-09", "2026-11-10") for i in range(2)
     ]
     assert plan["merge"] == ["--ds", "2026-11-09,2026-11-10", "--merge-shards", "2"]
     assert plan["window"] == ["2026-11-04", "2026-11-10"]
     assert plan["train"][:4] == ["--start", "2026-11-04", "--end", "2026-11-10"]
     assert plan["train"][plan["train"].index("--label-age-days") + 1] == "0"
+
+
+def test_plan_leaves_weights_models_and_device_to_the_machine_that_runs_the_step():
+    """The plan is made on an Airflow worker with no torch; embed and train run on the ML worker
+    or in a pod, whose own settings say which weights it holds and which device it has (the
+    compose stack's ML worker was told `imagenet` by the planner while holding `none`)."""
+    settings = Settings.load(
+        {"image_weights": "imagenet", "device": "cuda", "text_model": "/models/minilm"},
+        environ={},
+    )
+    plan = plan_retrain(["2026-11-10"], settings)
+    steps = [*plan["embed"], plan["merge"], plan["train"]]
+    machine = {"--image-weights", "--device", "--text-model", "imagenet", "cuda", "/models/minilm"}
+    assert not [a for args in steps for a in args if a in machine]
 
 
 def test_one_shard_still_merges_so_features_appear_whole():
