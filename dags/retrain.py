@@ -6,7 +6,8 @@ backfill of three days embeds those three). A manual trigger names its days inst
 `{"days": ["2026-11-20"]}`.
 
 1. `plan_retrain` — the days, their shards and the training window (`train_window_days` ending
-   at the last day).
+   at the last day); days of the window that are clean but not yet embedded (a backfill's
+   other days, still queued) are embedded too.
 2. `embed_posts` — one mapped task per (day, shard): `python -m ml embed --ds D --shard i/N`
    in a GPU pod (`step_runner=kubernetes`) or a local subprocess (the default here). Posts whose
    content already has features are not recomputed.
@@ -60,8 +61,11 @@ def retrain():
         from postflow_airflow import retrain_plan
 
         from ml.config import Settings
+        from ml.lake import Lake
 
-        plan = retrain_plan.plan_retrain(retrain_plan.days_from_context(context), Settings.load())
+        settings = Settings.load()
+        days = retrain_plan.days_from_context(context)
+        plan = retrain_plan.plan_retrain(days, settings, Lake.from_settings(settings))
         for key in ("days", "merge", "train", "window"):
             context["ti"].xcom_push(key=key, value=plan[key])
         return plan["embed"]

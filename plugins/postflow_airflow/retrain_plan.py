@@ -10,9 +10,11 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ml.schema import DATASET_CLEAN as POSTS_CLEAN_NAME
+from ml.schema import DATASET_FEATURES
 
 if TYPE_CHECKING:
     from ml.config import Settings
+    from ml.lake import Lake
 
 
 def days_from_context(context: dict[str, Any]) -> list[str]:
@@ -46,16 +48,30 @@ def days_from_context(context: dict[str, Any]) -> list[str]:
     return sorted(days)
 
 
-def plan_retrain(days: list[str], settings: Settings) -> dict[str, Any]:
-    """Argument lists of every `python -m ml` step of the run (XCom-sized: strings only)."""
+def days_without_features(lake: Lake, start: str, end: str) -> list[str]:
+    """Days of [start, end] whose posts are clean but have no features yet."""
+    clean = set(lake.partitions(POSTS_CLEAN_NAME)) - set(lake.partitions(DATASET_FEATURES))
+    return sorted(d for d in clean if start <= d <= end)
+
+
+def plan_retrain(days: list[str], settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
+    """Argument lists of every `python -m ml` step of the run (XCom-sized: strings only).
+
+    With `lake`, the run also embeds every day of its training window that is clean but has no
+    features: a backfill's runs queue one per day, newest first when its days end together, and
+    the run of the newest day would otherwise train without the days still queued (and, being
+    newest, be the one the gate keeps).
+    """
     shards = max(1, settings.embed_shards)
+    end = max(days)
+    start = (date.fromisoformat(end) - timedelta(days=settings.train_window_days - 1)).isoformat()
+    if lake is not None:
+        days = sorted(set(days) | set(days_without_features(lake, start, end)))
     # Which weights, models and device a step uses are settings of the machine that runs it (the
     # ML worker's image, the pod's env), not of the worker that plans: no argument for them.
     embed = [["--ds", d, "--shard", f"{i}/{shards}"] for d in days for i in range(shards)]
     # Always shard (1/1 included) and merge: one path, and `features/ds` only ever appears whole.
     merge = ["--ds", ",".join(days), "--merge-shards", str(shards)]
-    end = max(days)
-    start = (date.fromisoformat(end) - timedelta(days=settings.train_window_days - 1)).isoformat()
     train = [
         "--start",
         start,

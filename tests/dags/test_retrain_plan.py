@@ -107,3 +107,31 @@ def test_retrain_dag_in_kubernetes_mode_puts_gpu_steps_in_gpu_pods(monkeypatch):
         "train_model": "1",
         "promote_model": None,
     }
+
+
+def test_a_backfills_newest_day_embeds_the_days_still_queued(tmp_path):
+    """A three-day backfill queues one retrain run per day, the newest often first: that run
+    embeds the window's clean days that have no features yet, so the model the gate keeps (the
+    newest) trains on all of them. Days with features, or outside the window, are left alone."""
+    import pyarrow as pa
+
+    from ml.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    schema = pa.schema([("post_id", pa.int64())])
+
+    def commit(dataset: str, ds: str) -> None:
+        with lake.writer(dataset, ds, schema) as w:
+            w.write(pa.table({"post_id": [1]}, schema=schema))
+
+    for ds in ("2026-10-01", "2026-11-08", "2026-11-09", "2026-11-10"):
+        commit("posts_clean", ds)
+    commit("features", "2026-11-08")
+    settings = Settings.load({"embed_shards": 1, "train_window_days": 28}, environ={})
+    plan = plan_retrain(["2026-11-10"], settings, lake)
+    assert plan["days"] == ["2026-11-09", "2026-11-10"]
+    assert [a[1] for a in plan["embed"]] == ["2026-11-09", "2026-11-10"]
+    assert plan["merge"][:2] == ["--ds", "2026-11-09,2026-11-10"]
+    assert plan["window"] == ["2026-10-14", "2026-11-10"]
+    # without a lake (unit use), only the named days
+    assert plan_retrain(["2026-11-10"], settings)["days"] == ["2026-11-10"]
