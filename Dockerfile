@@ -98,7 +98,10 @@ ENTRYPOINT ["airflow"]
 CMD ["version"]
 
 # --------------------------------------------------------------------------- ml
-FROM build AS ml-build
+# Layers that change least come first: the ML dependencies (ml-deps), then the weights
+# (ml-weights) and, apart, the code (ml-build, ml-worker-build), so a code change neither
+# reinstalls Airflow into the ML worker nor fetches and checks the weights again.
+FROM build AS ml-deps
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
@@ -111,23 +114,27 @@ ARG TORCH_INDEX_URL=""
 COPY --from=requirements /tmp/postflow/req/ml.txt /tmp/postflow/requirements.txt
 RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url=$TORCH_INDEX_URL} \
       -c /tmp/postflow/requirements/constraints.txt -r /tmp/postflow/requirements.txt
-COPY pyproject.toml /tmp/postflow/pyproject.toml
-COPY ml /tmp/postflow/ml
-COPY plugins /tmp/postflow/plugins
-RUN pip install --no-cache-dir --no-deps /tmp/postflow
+
 # ResNet50 ImageNet weights into TORCH_HOME (torchvision's download, checksum checked; or the
 # file deploy/docker/resnet50-11ad3fa6.pth, same check). RESNET50_WEIGHTS=none: no weights, the
 # image embeds with random weights (tagged so): for test stacks on machines with no network only.
+FROM ml-deps AS ml-weights
 ARG RESNET50_WEIGHTS=imagenet
 ENV TORCH_HOME=/opt/torch
 COPY deploy/docker /tmp/postflow/docker
 RUN mkdir -p "$TORCH_HOME" \
  && python /tmp/postflow/docker/resnet50_weights.py "$RESNET50_WEIGHTS" /tmp/postflow/docker
 
+FROM ml-deps AS ml-build
+COPY pyproject.toml /tmp/postflow/pyproject.toml
+COPY ml /tmp/postflow/ml
+COPY plugins /tmp/postflow/plugins
+RUN pip install --no-cache-dir --no-deps /tmp/postflow
+
 FROM python AS ml
 ARG RESNET50_WEIGHTS=imagenet
 COPY --from=ml-build /opt/venv /opt/venv
-COPY --from=ml-build /opt/torch /opt/torch
+COPY --from=ml-weights /opt/torch /opt/torch
 COPY expectations /opt/postflow/expectations
 ENV POSTFLOW_EXPECTATIONS_DIR=/opt/postflow/expectations \
     POSTFLOW_IMAGE_WEIGHTS=${RESNET50_WEIGHTS} \
@@ -141,7 +148,7 @@ ENTRYPOINT ["python", "-m", "ml"]
 CMD ["--help"]
 
 # --------------------------------------------------------------------------- ml-worker
-FROM ml-build AS ml-worker-build
+FROM ml-deps AS ml-worker-build
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
@@ -150,11 +157,15 @@ ARG PIP_TRUSTED_HOST
 COPY --from=requirements /tmp/postflow/req/airflow-only.txt /tmp/postflow/requirements-airflow.txt
 RUN pip install --no-cache-dir -c /tmp/postflow/requirements/constraints.txt \
       -r /tmp/postflow/requirements-airflow.txt
+COPY pyproject.toml /tmp/postflow/pyproject.toml
+COPY ml /tmp/postflow/ml
+COPY plugins /tmp/postflow/plugins
+RUN pip install --no-cache-dir --no-deps /tmp/postflow
 
 FROM python AS ml-worker
 ARG RESNET50_WEIGHTS=imagenet
 COPY --from=ml-worker-build /opt/venv /opt/venv
-COPY --from=ml-build /opt/torch /opt/torch
+COPY --from=ml-weights /opt/torch /opt/torch
 COPY dags /opt/airflow/dags
 COPY plugins /opt/airflow/plugins
 COPY expectations /opt/airflow/expectations

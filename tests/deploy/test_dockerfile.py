@@ -508,24 +508,49 @@ def test_airflow_images_run_airflow_as_uid_50000_with_our_dags_and_plugins(docke
 
 
 def test_ml_images_carry_resnet50_weights_fetched_at_build_time(dockerfile):
-    """The weights step runs in ml-build; the `ml` and `ml-worker` images copy its TORCH_HOME
+    """The weights step runs in ml-weights; the `ml` and `ml-worker` images copy its TORCH_HOME
     and embed with POSTFLOW_IMAGE_WEIGHTS=imagenet by default, offline (HF_HUB_OFFLINE)."""
     args_of = {
         s.name: {i.args.partition("=")[0]: i.args.partition("=")[2] for i in s.all("ARG")}
         for s in dockerfile[1]
     }
-    build = targets(dockerfile)["ml-build"]
-    runs = " ".join(i.args for i in build.all("RUN"))
+    weights = targets(dockerfile)["ml-weights"]
+    runs = " ".join(i.args for i in weights.all("RUN"))
     assert "resnet50_weights.py" in runs and "$RESNET50_WEIGHTS" in runs
-    assert args_of["ml-build"]["RESNET50_WEIGHTS"] == "imagenet"
+    assert args_of["ml-weights"]["RESNET50_WEIGHTS"] == "imagenet"
     for target in ("ml", "ml-worker"):
         stage = targets(dockerfile)[target]
         assert args_of[target]["RESNET50_WEIGHTS"] == "imagenet"
-        assert ["--from=ml-build", "/opt/torch", "/opt/torch"] == stage.all("COPY")[1].args.split()
+        assert ["--from=ml-weights", "/opt/torch", "/opt/torch"] == stage.all("COPY")[
+            1
+        ].args.split()
         env = " ".join(i.args for i in stage.all("ENV"))
         for kv in ("POSTFLOW_IMAGE_WEIGHTS=${RESNET50_WEIGHTS}", "TORCH_HOME=/opt/torch"):
             assert kv in env, (target, kv)
         assert "HF_HUB_OFFLINE=1" in env
+
+
+@pytest.mark.parametrize("target", ["airflow", "ml", "ml-worker"])
+def test_a_code_change_reinstalls_no_dependency_and_fetches_no_weights(dockerfile, target):
+    """Within every stage a target is built from, postflow's code is copied after the last
+    dependency install, and the weights stage copies no code: editing `ml/` rebuilds only the
+    `pip install --no-deps` of the package (the ML worker used to reinstall Airflow)."""
+    code = {"ml", "plugins", "dags", "pyproject.toml"}
+    by_name = {s.name: s for s in dockerfile[1] if s.name}
+    for stage in chain(dockerfile[1], target):
+        lineage = [stage]  # the stage and those it is built FROM, oldest first
+        while lineage[0].parent:
+            lineage.insert(0, by_name[lineage[0].parent])
+        copied_code = None
+        for ins in (i for s in lineage for i in s.instructions):
+            words = [w for w in ins.args.split() if not w.startswith("--")]
+            if ins.cmd == "COPY" and not _copy_from(ins) and words[0] in code:
+                copied_code = copied_code or ins
+            if ins.cmd == "RUN" and copied_code:
+                where = (stage.name, ins.line, "after the code of line", copied_code.line)
+                assert "resnet50_weights.py" not in ins.args, where
+                for args in pip_installs(Stage(stage.name, "", None, [ins])):
+                    assert "--no-deps" in args, where
 
 
 def test_weights_step_checks_a_local_file_like_torch_hub(tmp_path):
