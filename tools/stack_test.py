@@ -159,8 +159,11 @@ def stop_dockerd(proc: subprocess.Popen, tables: set[str], forward: str) -> None
         proc.kill()
         proc.wait()
     for table in sorted(nft_tables() - tables):
-        run(["nft", "delete", *table.split()[1:]], check=False)
+        run(["nft", "delete", *table.split()])  # "table ip nat"
     Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
+    left = nft_tables() - tables
+    if left:
+        raise StackFailure(f"nft tables dockerd added are still there: {sorted(left)}")
     log(f"dockerd stopped; nft tables and ip_forward as before ({forward.strip()})")
 
 
@@ -483,7 +486,8 @@ def mlflow_champion(env: dict[str, str]) -> dict:
 
 def check_report_email(env: dict[str, str], week_start: date) -> None:
     """The report's email, read back from the mail catcher: every `cid:` image of the HTML is an
-    inline PNG part, and the presigned link opens the archived report."""
+    inline image part (PNG charts, JPEG thumbnails), and the presigned link opens the archived
+    report."""
     base = f"http://127.0.0.1:{env['MAILPIT_PORT']}"
     week = f"{week_start.isocalendar().year}-W{week_start.isocalendar().week:02d}"
 
@@ -500,11 +504,15 @@ def check_report_email(env: dict[str, str], week_start: date) -> None:
     inline = {
         p["Content-ID"].strip("<>")
         for p in msg.walk()
-        if p.get_content_type() == "image/png" and p["Content-ID"]
+        if p.get_content_maintype() == "image" and p["Content-ID"]
     }
     cids = set(re.findall(r'src="cid:([^"]+)"', html))
     if not cids or not cids <= inline:
         raise StackFailure(f"report email: cid images {sorted(cids)} vs inline {sorted(inline)}")
+    charts = {c.split(".", 1)[0] for c in cids}
+    missing = {"label_histogram", "model_history", "confusion_matrix", "data_quality"} - charts
+    if missing or "no champion" in msg["Subject"]:
+        raise StackFailure(f"report email {msg['Subject']!r} lacks the charts {sorted(missing)}")
     links = re.findall(r'href="(' + re.escape(env["S3_PUBLIC_ENDPOINT"]) + r'[^"]+)"', html)
     if not links:
         raise StackFailure("report email: no link signed for POSTFLOW_S3_PUBLIC_ENDPOINT")
@@ -513,7 +521,10 @@ def check_report_email(env: dict[str, str], week_start: date) -> None:
         page = resp.read().decode("utf-8", "replace")
     if resp.status != 200 or "<html" not in page.lower():
         raise StackFailure(f"report link {link[:120]}...: {resp.status}")
-    log(f"report email {week}: {len(cids)} inline charts, link opens the archived report")
+    log(
+        f"report email {msg['Subject']!r}: {len(cids)} inline images ({', '.join(sorted(charts))})"
+        ", its link opens the archived report"
+    )
 
 
 def check_lake(env: dict[str, str], days: list[date]) -> None:
