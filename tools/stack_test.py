@@ -253,6 +253,8 @@ def build_images(figures: dict, wheels: str) -> None:
             raise StackFailure(f"docker build --target {target} failed (log: {logfile})")
         size = json.loads(out([DOCKER, "image", "inspect", tag]))[0]["Size"]
         figures[f"size_{name}_mb"] = round(size / 1e6)
+    # the images these tags held before: nothing refers to them any more
+    run([DOCKER, "image", "prune", "-f"], stdout=subprocess.DEVNULL)
 
 
 # -- the stack ----------------------------------------------------------------------------------
