@@ -5,8 +5,9 @@ that can pull no image.
 
 1. Machine: installs Debian's docker.io, docker-compose and debootstrap when missing; starts
    `dockerd` (overlay2, MTU 1400) unless one answers already, and at the end stops it by its PID,
-   deletes the nft tables it added and puts `ip_forward` back. The stack's containers, network
-   and volumes go with `down -v`; built images stay (the next run's cache).
+   deletes the nft tables and the network links (`docker0`) it added and puts `ip_forward` back.
+   The stack's containers, network and volumes go with `down -v`; built images stay (the next
+   run's cache).
 2. Images: a Debian bookworm base from debootstrap (rootfs cached under .postflow/stack/), a
    wheelhouse from requirements/constraints.txt (`pip wheel`, cached there too) served to the
    builds over loopback, then the Dockerfile's targets with nothing changed but build args
@@ -125,6 +126,7 @@ def docker_daemon(keep: bool = False):
         yield
         return
     tables, forward = nft_tables(), Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    links = net_links()
     STATE.mkdir(parents=True, exist_ok=True)
     logfile = (STATE / "dockerd.log").open("ab")
     proc = subprocess.Popen(
@@ -148,10 +150,16 @@ def docker_daemon(keep: bool = False):
         if keep:
             log(f"dockerd left running (pid {proc.pid}): kill {proc.pid} stops it")
         else:
-            stop_dockerd(proc, tables, forward)
+            stop_dockerd(proc, tables, forward, links)
 
 
-def stop_dockerd(proc: subprocess.Popen, tables: set[str], forward: str) -> None:
+def net_links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def stop_dockerd(proc: subprocess.Popen, tables: set[str], forward: str, links: set[str]) -> None:
+    """Stop it, then undo what it did to the host: nft tables, `ip_forward`, and the bridge
+    `docker0` (and any `br-*`) that dockerd leaves behind when it exits."""
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=60)
@@ -160,11 +168,13 @@ def stop_dockerd(proc: subprocess.Popen, tables: set[str], forward: str) -> None
         proc.wait()
     for table in sorted(nft_tables() - tables):
         run(["nft", "delete", *table.split()])  # "table ip nat"
+    for link in sorted(net_links() - links):
+        run(["ip", "link", "delete", link], check=False)  # a veth may go with its bridge
     Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
-    left = nft_tables() - tables
+    left = sorted(nft_tables() - tables) + sorted(net_links() - links)
     if left:
-        raise StackFailure(f"nft tables dockerd added are still there: {sorted(left)}")
-    log(f"dockerd stopped; nft tables and ip_forward as before ({forward.strip()})")
+        raise StackFailure(f"what dockerd added to the host is still there: {left}")
+    log(f"dockerd stopped; nft tables, network links, ip_forward ({forward.strip()}) as before")
 
 
 @contextmanager
