@@ -392,8 +392,16 @@ class Airflow:
     def runs(self, dag_id: str) -> list[dict]:
         return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
 
-    def wait_runs(self, dag_id: str, n: int, timeout_s: float) -> list[dict]:
-        """At least `n` runs, all finished; fails (with the failed tasks' logs) on a failed one."""
+    def queued_events(self, dag_id: str) -> int:
+        """Asset events waiting for a run of `dag_id` (not yet a run: at max_active_runs the
+        scheduler defers creating it)."""
+        return self.call("GET", f"/api/v2/dags/{dag_id}/assets/queuedEvents")["total_entries"]
+
+    def wait_runs(
+        self, dag_id: str, n: int, timeout_s: float, *, drain_events: bool = False
+    ) -> list[dict]:
+        """At least `n` runs, all finished (`drain_events`: and no asset event still waiting to
+        start one); fails (with the failed tasks' logs) on a failed one."""
 
         def finished() -> list[dict] | None:
             runs = self.runs(dag_id)
@@ -402,7 +410,8 @@ class Airflow:
                 self.print_failed_tasks(dag_id, failed[0]["dag_run_id"])
                 raise StackFailure(f"{dag_id} run {failed[0]['dag_run_id']} failed")
             if len(runs) >= n and all(r["state"] == "success" for r in runs):
-                return runs
+                if not drain_events or self.queued_events(dag_id) == 0:
+                    return runs
             return None
 
         return wait_for(finished, timeout_s, f"{n} successful {dag_id} run(s)", every=10)
@@ -455,9 +464,11 @@ def drive(env: dict[str, str], figures: dict) -> None:
         raise StackFailure(f"the backfill read the days {read}, not {days}")
     log("posts_etl backfilled for " + ", ".join(map(str, days)))
 
+    # every posts_clean event of the backfill starts a retrain run or waits for one (retrain has
+    # max_active_runs=1): done when the runs succeeded and no event is left
     with timed(figures, "retrain_s"):
-        runs = wait_for(lambda: af.runs("retrain"), 600, "retrain to be triggered", every=10)
-        runs = af.wait_runs("retrain", len(runs), 3600)
+        runs = af.wait_runs("retrain", 1, 3600, drain_events=True)
+    log(f"retrain: {len(runs)} run(s) for the backfill's {len(days)} posts_clean events")
     ml_host = containers()["airflow-ml-worker"]["Config"]["Hostname"]
     for ti in af.tasks("retrain", runs[-1]["dag_run_id"]):
         if ti["task_id"] in {"embed_posts", "train_model"}:
@@ -548,10 +559,16 @@ def check_lake(env: dict[str, str], days: list[date]) -> None:
         aws_secret_access_key=env["POSTFLOW_S3_SECRET_KEY"],
     )
     bucket = env["LAKE_BUCKET"]
+    missing = []
     for dataset in ("posts_clean", "features"):
         for d in days:
             key = f"lake/{dataset}/ds={d}/_manifest.json"
-            s3.head_object(Bucket=bucket, Key=key)  # raises when the partition is missing
+            try:
+                s3.head_object(Bucket=bucket, Key=key)
+            except s3.exceptions.ClientError:
+                missing.append(key)
+    if missing:
+        raise StackFailure(f"lake partitions missing in s3://{bucket}: {missing}")
     log(f"lake partitions posts_clean and features for {len(days)} days are in s3://{bucket}")
 
 
