@@ -1,13 +1,13 @@
 """
 ### retrain — features for the new days, a new model, and a champion only when it is better
 
-Starts when `posts_etl` reconciles a day (the `posts_clean` asset; each event names its day, so a
-backfill of three days embeds those three). A manual trigger names its days instead:
-`{"days": ["2026-11-20"]}`.
+Starts when `posts_etl` reconciles a day (the `posts_clean` asset; each event names its day). A
+manual trigger names its days instead: `{"days": ["2026-11-20"]}`. Either way a run also embeds
+every clean day that has no features yet: a backfill's events need not each start a run (at
+max_active_runs Airflow defers the run and may fold or drop events), so its last run catches up.
 
 1. `plan_retrain` — the days, their shards and the training window (`train_window_days` ending
-   at the last day); days of the window that are clean but not yet embedded (a backfill's
-   other days, still queued) are embedded too.
+   at the newest day it embeds).
 2. `embed_posts` — one mapped task per (day, shard): `python -m ml embed --ds D --shard i/N`
    in a GPU pod (`step_runner=kubernetes`) or a local subprocess (the default here). Posts whose
    content already has features are not recomputed.

@@ -48,25 +48,27 @@ def days_from_context(context: dict[str, Any]) -> list[str]:
     return sorted(days)
 
 
-def days_without_features(lake: Lake, start: str, end: str) -> list[str]:
-    """Days of [start, end] whose posts are clean but have no features yet."""
+def days_without_features(lake: Lake) -> list[str]:
+    """Days whose posts are clean but have no features yet."""
     clean = set(lake.partitions(POSTS_CLEAN_NAME)) - set(lake.partitions(DATASET_FEATURES))
-    return sorted(d for d in clean if start <= d <= end)
+    return sorted(clean)
 
 
 def plan_retrain(days: list[str], settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
     """Argument lists of every `python -m ml` step of the run (XCom-sized: strings only).
 
-    With `lake`, the run also embeds every day of its training window that is clean but has no
-    features: a backfill's runs queue one per day, newest first when its days end together, and
-    the run of the newest day would otherwise train without the days still queued (and, being
-    newest, be the one the gate keeps).
+    With `lake`, the run also embeds the clean days that have no features yet, newer days
+    included, and its window ends at the newest day it embeds. A backfill's days reach retrain
+    as asset events that need not each start a run: at max_active_runs Airflow defers the run,
+    and the run it then creates names only the events up to the first one queued (its queue
+    keeps one row per asset and DAG), so a day's event can be lost. Without this, the newest
+    day of a three-day backfill went unembedded and the model kept trained without it.
     """
     shards = max(1, settings.embed_shards)
-    end = max(days)
+    missing = days_without_features(lake) if lake is not None else []
+    end = max([*days, *missing])
     start = (date.fromisoformat(end) - timedelta(days=settings.train_window_days - 1)).isoformat()
-    if lake is not None:
-        days = sorted(set(days) | set(days_without_features(lake, start, end)))
+    days = sorted(set(days) | {d for d in missing if start <= d <= end})
     # Which weights, models and device a step uses are settings of the machine that runs it (the
     # ML worker's image, the pod's env), not of the worker that plans: no argument for them.
     embed = [["--ds", d, "--shard", f"{i}/{shards}"] for d in days for i in range(shards)]

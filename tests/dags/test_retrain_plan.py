@@ -109,10 +109,11 @@ def test_retrain_dag_in_kubernetes_mode_puts_gpu_steps_in_gpu_pods(monkeypatch):
     }
 
 
-def test_a_backfills_newest_day_embeds_the_days_still_queued(tmp_path):
-    """A three-day backfill queues one retrain run per day, the newest often first: that run
-    embeds the window's clean days that have no features yet, so the model the gate keeps (the
-    newest) trains on all of them. Days with features, or outside the window, are left alone."""
+def test_a_run_embeds_every_clean_day_without_features_and_trains_up_to_the_newest(tmp_path):
+    """A three-day backfill's posts_clean events need not each start a retrain run (Airflow
+    defers runs at max_active_runs and may fold or drop events): a run embeds the clean days
+    that have no features yet, newer ones included, and its window ends at the newest. Days
+    with features, or before the window, are left alone."""
     import pyarrow as pa
 
     from ml.lake import Lake
@@ -128,10 +129,11 @@ def test_a_backfills_newest_day_embeds_the_days_still_queued(tmp_path):
         commit("posts_clean", ds)
     commit("features", "2026-11-08")
     settings = Settings.load({"embed_shards": 1, "train_window_days": 28}, environ={})
-    plan = plan_retrain(["2026-11-10"], settings, lake)
-    assert plan["days"] == ["2026-11-09", "2026-11-10"]
-    assert [a[1] for a in plan["embed"]] == ["2026-11-09", "2026-11-10"]
-    assert plan["merge"][:2] == ["--ds", "2026-11-09,2026-11-10"]
-    assert plan["window"] == ["2026-10-14", "2026-11-10"]
+    for named in (["2026-11-10"], ["2026-11-09"]):  # the newest day's event, or only an older one
+        plan = plan_retrain(named, settings, lake)
+        assert plan["days"] == ["2026-11-09", "2026-11-10"]
+        assert [a[1] for a in plan["embed"]] == ["2026-11-09", "2026-11-10"]
+        assert plan["merge"][:2] == ["--ds", "2026-11-09,2026-11-10"]
+        assert plan["window"] == ["2026-10-14", "2026-11-10"]
     # without a lake (unit use), only the named days
-    assert plan_retrain(["2026-11-10"], settings)["days"] == ["2026-11-10"]
+    assert plan_retrain(["2026-11-09"], settings)["days"] == ["2026-11-09"]
