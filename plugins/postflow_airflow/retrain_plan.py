@@ -61,8 +61,8 @@ def plan_retrain(days: list[str], settings: Settings, lake: Lake | None = None) 
     included, and its window ends at the newest day it embeds. A backfill's days reach retrain
     as asset events that need not each start a run: at max_active_runs Airflow defers the run,
     and the run it then creates names only the events up to the first one queued (its queue
-    keeps one row per asset and DAG), so a day's event can be lost. Without this, the newest
-    day of a three-day backfill went unembedded and the model kept trained without it.
+    keeps one row per asset and DAG; apache/airflow#56050, open for 3.3), so a day's event can
+    be lost: the compose stack's newest backfilled day went unembedded, the model untrained on it.
     """
     shards = max(1, settings.embed_shards)
     missing = days_without_features(lake) if lake is not None else []
