@@ -37,7 +37,7 @@ up: install
 
 # The compose stack for real (tools/stack_test.py): Docker, images built on a debootstrap base
 # from a wheelhouse, `up`, a user's path through the REST APIs, `down -v`. The last step of
-# `test` (root: apt-get, dockerd); about 12 min from cold, 6 min with the images cached.
+# `test` (root: apt-get, dockerd); about 13 min from cold, 6 min with the images cached.
 stack-test: install
 	$(BIN)/python -m tools.stack_test $(STACK_ARGS)
 
