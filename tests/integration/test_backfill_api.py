@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import warnings
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -158,8 +159,11 @@ def metadata_db():
         _pg_drop(name)
 
 
-@pytest.fixture(scope="module")
-def stack(source, metadata_db, tmp_path_factory):
+@contextmanager
+def start_stack(source, metadata_db, extra_env: dict[str, str]):
+    """`make up`'s stack (tools.up: `airflow standalone`) on the test posts and lake:
+    (Stack, its environment, the standalone process, its home); its log is printed when
+    starting fails."""
     db, settings = source
     metadata_url, pg_db = metadata_db
     home = Path(tempfile.mkdtemp(prefix="postflow-up-"))
@@ -171,13 +175,13 @@ def stack(source, metadata_db, tmp_path_factory):
         creds,
         {
             "AIRFLOW_CONN_POSTS_MYSQL": db.reader.uri(),
-            "POSTFLOW_MYSQL_URI": "mysql://wrong@127.0.0.1:1/unused",  # the connection wins
             "POSTFLOW_LAKE": settings.lake,
             "POSTFLOW_IMAGE_ROOT": settings.image_root,
             "POSTFLOW_IMAGE_WORKERS": "1",
             "POSTFLOW_CONFIG": "",
             # only backfill runs here: no scheduled run of yesterday competing for 2 cores
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            **extra_env,
         },
         parallelism=3,
         metadata_db=metadata_url,  # None: sqlite in `home`
@@ -191,7 +195,7 @@ def stack(source, metadata_db, tmp_path_factory):
         tokens = {u: up.get_token(base, u, creds.passwords[u]) for u in up.USERS}
         stack = Stack(base, tokens, creds.passwords, pg_db)
         _wait_dag_parsed(stack)
-        yield stack
+        yield stack, env, proc, home
     except Exception:
         log.flush()
         print((home / "standalone.log").read_text(errors="replace")[-6000:])
@@ -200,6 +204,13 @@ def stack(source, metadata_db, tmp_path_factory):
         up.stop(proc)
         log.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack(source, metadata_db):
+    wrong = {"POSTFLOW_MYSQL_URI": "mysql://wrong@127.0.0.1:1/unused"}  # the connection wins
+    with start_stack(source, metadata_db, wrong) as (started, *_):
+        yield started
 
 
 def _wait_dag_parsed(stack: Stack, timeout: float = 120) -> None:

@@ -7,11 +7,9 @@ Airflow's retry completes the work, nothing lost, nothing duplicated."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,7 +27,6 @@ from tests.conftest import (
     VENV_BIN,
     demo_lake,
     etl_days,
-    free_port,
     load_dag,
     retrain_environment,
 )
@@ -297,45 +294,8 @@ metadata_db = bf.metadata_db
 @pytest.fixture(scope="module")
 def standalone(source, metadata_db):
     """(Stack, its environment, the standalone process, its home)."""
-    db, settings = source
-    metadata_url, pg_db = metadata_db
-    home = Path(tempfile.mkdtemp(prefix="postflow-up-"))
-    creds = up.ensure_credentials(home)
-    port = free_port()
-    env = up.airflow_environment(
-        home,
-        port,
-        creds,
-        {
-            "AIRFLOW_CONN_POSTS_MYSQL": db.reader.uri(),
-            "POSTFLOW_LAKE": settings.lake,
-            "POSTFLOW_IMAGE_ROOT": settings.image_root,
-            "POSTFLOW_IMAGE_WORKERS": "1",
-            "POSTFLOW_CONFIG": "",
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            **ORPHAN_CHECKS,
-        },
-        parallelism=3,
-        metadata_db=metadata_url,
-    )
-    up.prepare_metadata_db(env)
-    log = open(home / "standalone.log", "wb")
-    proc = up.start_airflow(env, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        up.wait_http(f"{base}/api/v2/monitor/health", proc, timeout=300)
-        tokens = {u: up.get_token(base, u, creds.passwords[u]) for u in up.USERS}
-        stack = bf.Stack(base, tokens, creds.passwords, pg_db)
-        bf._wait_dag_parsed(stack)
-        yield stack, env, proc, home
-    except Exception:
-        log.flush()
-        print((home / "standalone.log").read_text(errors="replace")[-6000:])
-        raise
-    finally:
-        up.stop(proc)
-        log.close()
-        shutil.rmtree(home, ignore_errors=True)
+    with bf.start_stack(source, metadata_db, ORPHAN_CHECKS) as started:
+        yield started
 
 
 def the_scheduler(standalone_pid: int) -> psutil.Process:
