@@ -287,7 +287,7 @@ def load_labels(
     import pyarrow as pa
 
     cols = ["id", "hearts", "comment_count", "created_at", "updated_at", "caption"]
-    parts = [d for d in lake.partitions(DATASET_CLEAN) if start <= d <= end]
+    parts = [d for d in lake.partitions(DATASET_CLEAN, since=start) if d <= end]
     known = known_through({d: observed_at(lake.read_manifest(DATASET_CLEAN, d), d) for d in parts})
     tables = []
     for d in parts:

@@ -121,13 +121,18 @@ class Lake:
                 return None
             raise
 
-    def partitions(self, dataset: str) -> list[str]:
-        """Committed partition dates of a dataset, sorted."""
+    def partitions(self, dataset: str, since: str = "") -> list[str]:
+        """Committed partition dates of a dataset, sorted; `since`: only those from that day on
+        (the older ones' manifests are not read: one request each on S3)."""
         selector = pafs.FileSelector(posixpath.join(self.base, dataset), allow_not_found=True)
         out = []
         for info in self.fs.get_file_info(selector):
             name = posixpath.basename(info.path)
-            if info.type == pafs.FileType.Directory and name.startswith("ds="):
+            if (
+                info.type == pafs.FileType.Directory
+                and name.startswith("ds=")
+                and name[3:] >= since
+            ):
                 if self.read_manifest(dataset, name[3:]) is not None:
                     out.append(name[3:])
         return sorted(out)

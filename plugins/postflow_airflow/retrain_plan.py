@@ -48,10 +48,16 @@ def days_from_context(context: dict[str, Any]) -> list[str]:
     return sorted(days)
 
 
-def days_without_features(lake: Lake) -> list[str]:
-    """Days whose posts are clean but have no features yet."""
-    clean = set(lake.partitions(POSTS_CLEAN_NAME)) - set(lake.partitions(DATASET_FEATURES))
+def days_without_features(lake: Lake, since: str) -> list[str]:
+    """Days from `since` on whose posts are clean but have no features yet."""
+    clean = set(lake.partitions(POSTS_CLEAN_NAME, since)) - set(
+        lake.partitions(DATASET_FEATURES, since)
+    )
     return sorted(clean)
+
+
+def window_start(end: str, settings: Settings) -> str:
+    return (date.fromisoformat(end) - timedelta(days=settings.train_window_days - 1)).isoformat()
 
 
 def plan_retrain(days: list[str], settings: Settings, lake: Lake | None = None) -> dict[str, Any]:
@@ -65,10 +71,13 @@ def plan_retrain(days: list[str], settings: Settings, lake: Lake | None = None) 
     be lost: the compose stack's newest backfilled day went unembedded, the model untrained on it.
     """
     shards = max(1, settings.embed_shards)
-    missing = days_without_features(lake) if lake is not None else []
+    # every day a missing one could add lies on or after the named days' window start
+    missing = (
+        days_without_features(lake, window_start(max(days), settings)) if lake is not None else []
+    )
     end = max([*days, *missing])
-    start = (date.fromisoformat(end) - timedelta(days=settings.train_window_days - 1)).isoformat()
-    days = sorted(set(days) | {d for d in missing if start <= d <= end})
+    start = window_start(end, settings)
+    days = sorted(set(days) | {d for d in missing if d >= start})
     # Which weights, models and device a step uses are settings of the machine that runs it (the
     # ML worker's image, the pod's env), not of the worker that plans: no argument for them.
     embed = [["--ds", d, "--shard", f"{i}/{shards}"] for d in days for i in range(shards)]
