@@ -588,9 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     rc = 0
     install_packages()
-    with ExitStack() as stack:
-        stack.enter_context(docker_daemon(keep=args.keep_up))
-        try:
+    # dockerd's start and its stop (with its check that the host is as before) fail the run too
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(docker_daemon(keep=args.keep_up))
             base_image(figures)
             wheels = stack.enter_context(wheelhouse_server(figures))
             with timed(figures, "build_all_s"):
@@ -624,9 +625,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"stack left up; take it down with: docker-compose -p {PROJECT} "
                         f"--env-file {STATE / 'stack.env'} {files} down -v"
                     )
-        except (StackFailure, OSError, subprocess.CalledProcessError) as exc:
-            print(f"\nFAILED: {exc!r}", file=sys.stderr)
-            rc = 1
+    except (StackFailure, OSError, subprocess.CalledProcessError) as exc:
+        print(f"\nFAILED: {exc!r}", file=sys.stderr)
+        rc = 1
     figures["total_s"] = round(time.monotonic() - start, 1)
     (STATE / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     log("figures: " + json.dumps(figures))
