@@ -2,7 +2,7 @@
 write, i.e. `embed_partition` as `python -m ml embed` runs it) against the model-only ceiling.
 
 Setup (not timed): a temp lake with one `posts_clean` day of `--posts` demo posts (captions and
-photos from `ml.demo_data`, every photo a plain JPEG, 70% square, 15% 4:5, 15% 4:3, longest side
+photos from `ml.demo.posts`, every photo a plain JPEG, 70% square, 15% 4:5, 15% 4:3, longest side
 `--image-size`) and the photos in a temp image root.
 
 Timed, all in this run, for each image-encoder configuration: `--precision` (default: bf16 on
@@ -54,11 +54,11 @@ def build_day(root: Path, n: int, size: int, workers: int) -> tuple[object, str,
     import pandas as pd
     import pyarrow as pa
 
-    from ml import demo_data as dd
-    from ml.captions import sanitize_captions
-    from ml.images import ImageStore
-    from ml.lake import Lake
-    from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN
+    from ml.demo import posts as dd
+    from ml.ingest.captions import sanitize_captions
+    from ml.ingest.images import ImageStore
+    from ml.lake.partitions import Lake
+    from ml.lake.schema import CLEAN_SCHEMA, DATASET_CLEAN
 
     store = ImageStore(str(root / "images"))
     store.ensure_root()
@@ -95,8 +95,8 @@ def predecode(image_root: Path, uris: list[str], workers: int):
     """uint8 (N, 3, 224, 224) tensor of the photos, decoded as the CPU path decodes them."""
     import torch
 
-    from ml.encoders import pillow_pixels
-    from ml.images import ImageStore
+    from ml.features.encoders import pillow_pixels
+    from ml.ingest.images import ImageStore
 
     store = ImageStore(str(image_root))
     with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from ml.config import Settings
-    from ml.embed import EmbedOptions, embed_partition, worker_context
-    from ml.encoders import (
+    from ml.features.embed import EmbedOptions, embed_partition, worker_context
+    from ml.features.encoders import (
         ImageEncoder,
         RandomWeightsWarning,
         TextEncoder,
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
         resolve_device,
         resolve_precision,
     )
-    from ml.images import ImageStore
-    from ml.schema import DATASET_CLEAN, DATASET_FEATURES
+    from ml.ingest.images import ImageStore
+    from ml.lake.schema import DATASET_CLEAN, DATASET_FEATURES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")

@@ -1,7 +1,7 @@
 """Extraction of N posts rows from MariaDB into the lake, against the raw `mariadb` client.
 
 Both read the same window in the same run: the baseline is `mariadb --batch --quick` writing
-tab-separated text to /dev/null (no Parquet, no types), ours is `ml.etl.extract` writing the
+tab-separated text to /dev/null (no Parquet, no types), ours is `ml.ingest.etl.extract` writing the
 `posts_raw` partition. Prints rows/s for each and the ratio (goal >= 1.0x).
 """
 
@@ -16,9 +16,9 @@ import uuid
 from datetime import UTC, datetime
 
 from ml.config import Settings
-from ml.etl import Window, extract
-from ml.schema import POSTS_COLUMNS
-from ml.source import MySQLTarget, create_schema
+from ml.ingest.etl import Window, extract
+from ml.ingest.source import MySQLTarget, create_schema
+from ml.lake.schema import POSTS_COLUMNS
 
 
 def populate(admin: MySQLTarget, rows: int, days_before: int = 0) -> int:

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from PIL import Image
 
-from ml.captions import sanitize_captions
-from ml.images import check_image
+from ml.ingest.captions import sanitize_captions
+from ml.ingest.images import check_image
 
 SIDE = 1080
 

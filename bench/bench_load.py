@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ml.source import MySQLTarget, create_schema
+from ml.ingest.source import MySQLTarget, create_schema
 
 DAY = "2026-11-20"
 STAGES = ("extract", "validate", "reconcile")

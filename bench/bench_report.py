@@ -4,8 +4,8 @@ Setup (not timed): a local lake with `--posts-per-day` posts a day over the repo
 28-day training window before it (posts_raw/posts_clean/quarantine manifests and 2432-d fp16
 features), an MLflow sqlite store with one model version a day for 12 weeks (84 versions with
 their runs' metrics and tags), the last one a real model trained here, logged and registered by
-`ml.registry` and made champion (so the confusion matrix is a live evaluation), and an aiosmtpd
-server on loopback.
+`ml.learn.registry` and made champion (so the confusion matrix is a live evaluation), and an
+aiosmtpd server on loopback.
 
 Timed: `build_report` (lake + MLflow queries, live evaluation, drift, charts, HTML, archive) and
 `send_report` (read the archive back, render the email, send over SMTP), twice: the first run
@@ -33,10 +33,10 @@ WEEK = "2026-W47"
 def _seed_mlflow(settings, lake, week, days_of_history: int, train_days: list[str]) -> None:
     from mlflow.entities import Metric
 
-    from ml import dataset as DS
-    from ml import model as M
-    from ml import registry
-    from ml import train as T
+    from ml.learn import dataset as DS
+    from ml.learn import model as M
+    from ml.learn import registry
+    from ml.learn import train as T
 
     client = registry.connect(settings)
     exp_id = registry.experiment_id(client, settings)
@@ -105,7 +105,7 @@ def _smtp():
 
 def _baseline(settings, lake, week, port: int) -> float:
     """Manifests of the week read, their numbers emailed as plain text."""
-    from ml.schema import DATASET_CLEAN, DATASET_QUARANTINE
+    from ml.lake.schema import DATASET_CLEAN, DATASET_QUARANTINE
 
     t0 = time.perf_counter()
     lines = []
@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from ml.config import Settings
-    from ml.lake import Lake
-    from ml.report import build_report, send_report
-    from ml.report_archive import read_archive
-    from ml.report_email import SmtpParams
-    from ml.weeks import Week
     from tests.ml.test_report import write_synthetic_days
+
+    from ml.config import Settings
+    from ml.lake.partitions import Lake
+    from ml.report.archive import read_archive
+    from ml.report.mail import SmtpParams
+    from ml.report.weekly import build_report, send_report
+    from ml.weeks import Week
 
     week = Week.parse(WEEK)
     tmp = Path(tempfile.mkdtemp(prefix="postflow-bench-report-"))

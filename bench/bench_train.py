@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from ml.lake import Lake
-from ml.schema import N_FEATURES
+from ml.lake.partitions import Lake
+from ml.lake.schema import N_FEATURES
 from tools.synthetic import synthetic_set
 
 DAY = "2024-01-02"
@@ -42,11 +42,11 @@ def write_lake(root: str, rows: int, seed: int = 0, chunk: int = 50_000) -> floa
     chunk, as the embed step writes them); returns the Bayes accuracy of the rows."""
     import pyarrow as pa
 
-    from ml.demo_data import CLASS_PRIOR
-    from ml.features import features_table
-    from ml.labels import DEFAULT_EDGES
-    from ml.lake import Lake
-    from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN, DATASET_FEATURES, FEATURES_SCHEMA
+    from ml.demo.posts import CLASS_PRIOR
+    from ml.features.store import features_table
+    from ml.lake.partitions import Lake
+    from ml.lake.schema import CLEAN_SCHEMA, DATASET_CLEAN, DATASET_FEATURES, FEATURES_SCHEMA
+    from ml.learn.bins import DEFAULT_EDGES
 
     lake, old = Lake(root), datetime(2024, 1, 1)
     hits = 0.0
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from ml.dataset import load_dataset
-    from ml.model import TrainConfig, metrics_from_predictions, train_baselines, train_model
+    from ml.learn.dataset import load_dataset
+    from ml.learn.model import TrainConfig, metrics_from_predictions, train_baselines, train_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(

@@ -14,9 +14,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from ml.captions import sanitize_captions
 from ml.config import Settings
-from ml.validate import validate_posts
+from ml.ingest.captions import sanitize_captions
+from ml.ingest.validate import validate_posts
 
 START, END, NOW = datetime(2026, 11, 20), datetime(2026, 11, 21), datetime(2026, 11, 22)
 WORDS = "golden hour beach sunset coffee latte city night ☀️ 夕日 #travel #food dog cat".split()

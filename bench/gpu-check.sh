@@ -121,7 +121,7 @@ export POSTFLOW_TEXT_MODEL="$(pwd)/$MINILM"  # the packaged MiniLM is not there
 if [[ "$REHEARSE" == 1 ]]; then
     echo "(rehearsal: collected and skipped without CUDA)"
 fi
-timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ml/test_encoders_gpu.py \
+timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ml/features/test_encoders_gpu.py \
     2>&1 | tee "$OUT/gpu-tests.txt" | tail -25
 [[ ${PIPESTATUS[0]} -eq 0 ]] || fail 2 "pytest -m gpu"
 

@@ -45,7 +45,7 @@ def posts_etl():
         """MySQL → posts_raw/ds=D, in bounded id-range chunks."""
         from postflow_airflow.settings import task_settings, window_of
 
-        from ml.etl import extract
+        from ml.ingest.etl import extract
 
         return extract(task_settings(), window_of(context))
 
@@ -54,7 +54,7 @@ def posts_etl():
         """Great Expectations + sanitisers → posts_clean/ds=D and quarantine/ds=D."""
         from postflow_airflow.settings import task_settings, window_of
 
-        from ml.etl import clean
+        from ml.ingest.etl import clean
 
         return clean(task_settings(), window_of(context))
 
@@ -63,7 +63,7 @@ def posts_etl():
         """Fail loudly unless raw ids == clean ids + quarantined ids."""
         from postflow_airflow.settings import task_settings, window_of
 
-        from ml.etl import reconcile
+        from ml.ingest.etl import reconcile
 
         result = reconcile(task_settings(), window_of(context))
         # retrain reads the day from the event, so a backfill's events each name their day.

@@ -61,7 +61,7 @@ def retrain():
         from postflow_airflow import retrain_plan
 
         from ml.config import Settings
-        from ml.lake import Lake
+        from ml.lake.partitions import Lake
 
         settings = Settings.load()
         days = retrain_plan.days_from_context(context)

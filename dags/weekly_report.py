@@ -18,7 +18,8 @@ a week replaces its report.
   It retries on its own: a mail failure never loses or rebuilds the report.
 - `log_report`: logs the archived report to MLflow (one run per week, replaced on re-run).
 
-Details: `ml/report.py` (`python -m ml report --week 2026-W47 --send` runs it without Airflow).
+Details: `ml/report/weekly.py` (`python -m ml report --week 2026-W47 --send` runs it without
+Airflow).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def weekly_report():
     def build_report(**context) -> dict:
         """Gather, draw, render and archive the week's report; returns references only."""
         from ml.config import Settings
-        from ml.report import build_report
+        from ml.report.weekly import build_report
         from ml.weeks import Week
 
         return build_report(Settings.load(), Week.of(context["data_interval_start"]))
@@ -64,7 +65,7 @@ def weekly_report():
         from postflow_airflow.notify import send_message
 
         from ml.config import Settings
-        from ml.report import send_report
+        from ml.report.weekly import send_report
 
         return send_report(Settings.load(), built["week"], send_message)
 
@@ -72,7 +73,7 @@ def weekly_report():
     def log_report(built: dict) -> dict:
         """Log the archived report and its headline numbers to MLflow."""
         from ml.config import Settings
-        from ml.report import log_report
+        from ml.report.weekly import log_report
 
         return log_report(Settings.load(), built["week"])
 

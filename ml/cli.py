@@ -10,13 +10,19 @@ import sys
 
 # step name -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int`.
 STEPS: dict[str, tuple[str, str]] = {
-    "demo-data": ("ml.demo_data", "generate demo posts into MySQL and photos into the image store"),
-    "etl": ("ml.etl", "extract, validate, sanitise and write one window of posts to the lake"),
-    "embed": ("ml.embed", "image (ResNet50) and caption (MiniLM) features of one day"),
-    "tune-bins": ("ml.labels", "propose comment-count bin edges from a window's histogram"),
-    "train": ("ml.train", "train the engagement classifier and its baselines on a window"),
-    "report": ("ml.report", "build, archive, log and email the weekly model report of a week"),
-    "promote": ("ml.promote", "promote a registered model version to champion if it passes"),
+    "demo-data": ("ml.demo.seed", "generate demo posts into MySQL and photos into the image store"),
+    "etl": (
+        "ml.ingest.etl",
+        "extract, validate, sanitise and write one window of posts to the lake",
+    ),
+    "embed": ("ml.features.embed", "image (ResNet50) and caption (MiniLM) features of one day"),
+    "tune-bins": ("ml.learn.labels", "propose comment-count bin edges from a window's histogram"),
+    "train": ("ml.learn.train", "train the engagement classifier and its baselines on a window"),
+    "report": (
+        "ml.report.weekly",
+        "build, archive, log and email the weekly model report of a week",
+    ),
+    "promote": ("ml.learn.promote", "promote a registered model version to champion if it passes"),
 }
 
 

@@ -41,14 +41,15 @@ class Settings:
     image_root: str = str(DEFAULT_STATE_DIR / "images")
     # extraction
     extract_chunk_rows: int = 250_000
-    # auto (ml.source.choose_plan) | scan (primary-key order) | ranges (index count + id ranges)
+    # auto (ml.ingest.extract.choose_plan) | scan (primary-key order) | ranges (index count + id
+    # ranges)
     extract_plan: str = "auto"
     # sanitising
     caption_max_chars: int = 2200
     max_image_pixels: int = 40_000_000
     min_image_side: int = 8
     image_workers: int = 0  # 0 = one per CPU core
-    # hostile input (ml.images): image_uri is user data. Extra places photos may come from
+    # hostile input (ml.ingest.images): image_uri is user data. Extra places photos may come from
     # (comma-separated folders and s3://bucket), and the most bytes a photo file may have.
     image_allowed_roots: str = ""
     max_image_bytes: int = 50_000_000

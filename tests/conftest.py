@@ -95,7 +95,7 @@ class MySQLDatabase:
     READER_HOSTS = ("127.0.0.1", "localhost")
 
     def __init__(self) -> None:
-        from ml.source import MySQLTarget, create_reader_account, create_schema
+        from ml.ingest.source import MySQLTarget, create_reader_account, create_schema
 
         self.name = f"pf_test_{uuid.uuid4().hex[:10]}"
         self.admin = MySQLTarget(
@@ -159,9 +159,9 @@ def load_dag(dag_id: str, *, all_dags: bool = False, check_import_errors: bool =
 
 
 def demo_days(settings, days: list[date], posts: int, seed: int) -> dict:
-    """`posts` demo posts (ml.demo_data.generate, replacing the table) updated over `days`,
+    """`posts` demo posts (ml.demo.seed.generate, replacing the table) updated over `days`,
     consecutive days ending with days[-1]; returns generate's truth."""
-    from ml.demo_data import generate
+    from ml.demo.seed import generate
 
     end = days[-1] + timedelta(days=1)
     return generate(settings, posts=posts, days=len(days), end=end, seed=seed, replace=True)

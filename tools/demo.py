@@ -29,8 +29,8 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from ml.demo_data import DEMO_LABEL_AGE_DAYS
-from ml.schema import DATASET_CLEAN, DATASET_FEATURES, DATASET_QUARANTINE
+from ml.demo.posts import DEMO_LABEL_AGE_DAYS
+from ml.lake.schema import DATASET_CLEAN, DATASET_FEATURES, DATASET_QUARANTINE
 from tools.airflow_env import REPO, STATE, airflow_env, pipeline_env
 
 READER_USER = "postflow_reader"
@@ -57,7 +57,7 @@ def reader_account(admin):
     """The local stack's SELECT-only account on posts (what the pipeline needs, nothing more):
     `postflow_reader` on the loopback hosts, with a fresh random password each time.
     Returns its MySQLTarget."""
-    from ml.source import create_reader_account
+    from ml.ingest.source import create_reader_account
 
     return create_reader_account(admin, READER_USER, secrets.token_urlsafe(18))
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     _airflow_env()
 
     from ml.config import Settings
-    from ml.source import MySQLTarget, SourceError, create_schema
+    from ml.ingest.source import MySQLTarget, SourceError, create_schema
 
     settings = Settings.load()
     admin = MySQLTarget.parse(settings.mysql_uri)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    from ml.demo_data import advance, generate
+    from ml.demo.seed import advance, generate
 
     t0 = time.monotonic()
     first_day = args.end - timedelta(days=args.days)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _retrain(dagbag, settings, days: list[date], bayes: float | None) -> int:
-    from ml.lake import Lake
+    from ml.lake.partitions import Lake
 
     if settings.image_weights == "none":
         print(
@@ -214,7 +214,7 @@ def _weekly_report(dagbag, settings, last_day: date) -> int:
         print("weekly_report FAILED: see the task logs above", file=sys.stderr)
         return 1
     mails = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)
-    from ml.lake import Lake
+    from ml.lake.partitions import Lake
 
     print("=" * 78)
     print(f"report:      {Lake.from_settings(settings).uri('reports', f'week={week}')}")
@@ -256,7 +256,7 @@ class _mail_catcher:
 
 
 def _summary(settings, days: list[date], failed: list[str]) -> int:
-    from ml.lake import Lake
+    from ml.lake.partitions import Lake
 
     lake = Lake.from_settings(settings)
     print("\n" + "=" * 78)

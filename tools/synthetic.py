@@ -19,7 +19,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ml.schema import CLEAN_SCHEMA, DATASET_CLEAN, DATASET_FEATURES, FEATURES_SCHEMA, N_FEATURES
+from ml.lake.schema import (
+    CLEAN_SCHEMA,
+    DATASET_CLEAN,
+    DATASET_FEATURES,
+    FEATURES_SCHEMA,
+    N_FEATURES,
+)
 
 PRIORS = (0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03)  # the demo's class prior
 LATENT = 16
@@ -106,8 +112,8 @@ def write_features(
     """The `features` partition `ds`: one row per post of `ids`, img ++ txt = the row of `X`
     (stored as float16). Content hashes default to `h<post id>`; photo hashes to null (each post
     then is a split group of its own, keyed by its id)."""
-    from ml.features import features_table
-    from ml.schema import IMG_DIM
+    from ml.features.store import features_table
+    from ml.lake.schema import IMG_DIM
 
     X = np.asarray(X).reshape(len(ids), N_FEATURES)
     table = features_table(

@@ -285,8 +285,8 @@ def seed_if_empty(settings, posts: int, days: int):
     Returns (reader MySQLTarget, rows in posts, seeded?)."""
     from datetime import UTC, datetime
 
-    from ml.demo_data import generate
-    from ml.source import MySQLTarget, count_posts, create_schema
+    from ml.demo.seed import generate
+    from ml.ingest.source import MySQLTarget, count_posts, create_schema
     from tools.demo import reader_account
 
     admin = MySQLTarget.parse(settings.mysql_uri)
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
 
     from ml.config import Settings
-    from ml.source import SourceError
+    from ml.ingest.source import SourceError
 
     settings = Settings.load()
     try:

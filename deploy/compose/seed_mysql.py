@@ -14,7 +14,7 @@ import sys
 
 from ml.cli import main as ml_main
 from ml.config import Settings
-from ml.source import MySQLTarget, count_posts, create_reader_account, create_schema
+from ml.ingest.source import MySQLTarget, count_posts, create_reader_account, create_schema
 
 
 def main() -> int:

@@ -2,6 +2,6 @@
 
 from airflow.sdk import Asset
 
-from ml.schema import DATASET_CLEAN
+from ml.lake.schema import DATASET_CLEAN
 
 POSTS_CLEAN = Asset(name=DATASET_CLEAN, uri=f"postflow://lake/{DATASET_CLEAN}", group="postflow")

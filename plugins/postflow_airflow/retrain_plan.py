@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ml.schema import DATASET_CLEAN as POSTS_CLEAN_NAME
-from ml.schema import DATASET_FEATURES
+from ml.lake.schema import DATASET_CLEAN as POSTS_CLEAN_NAME
+from ml.lake.schema import DATASET_FEATURES
 
 if TYPE_CHECKING:
     from ml.config import Settings
-    from ml.lake import Lake
+    from ml.lake.partitions import Lake
 
 
 def days_from_context(context: dict[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ HEAVY = (
     "connectorx",
     "MySQLdb",
     "boto3",
-    "ml.etl",
+    "ml.ingest.etl",
 )
 
 

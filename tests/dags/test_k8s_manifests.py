@@ -70,7 +70,7 @@ def test_names_agree_with_settings():
 
 
 def test_pod_template_agrees_with_settings():
-    from postflow_airflow.steps import ML_COMMAND, parse_node_selector, parse_tolerations
+    from postflow_airflow.pod_runner import ML_COMMAND, parse_node_selector, parse_tolerations
 
     (pod,) = by_kind("Pod")
     spec = pod["spec"]

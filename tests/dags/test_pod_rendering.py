@@ -41,7 +41,7 @@ def k8s_settings(monkeypatch) -> Settings:
 
 def exec_argv(container) -> list[str]:
     """What the container runs once the XCom wrapper (`python -c POD_WRAPPER`) hands over."""
-    from postflow_airflow.steps import POD_WRAPPER
+    from postflow_airflow.pod_runner import POD_WRAPPER
 
     argv = [*container.command, *container.args]
     assert argv[:3] == ["python", "-c", POD_WRAPPER]
@@ -146,7 +146,8 @@ def test_cpu_step_gets_no_gpu_and_no_gpu_node(k8s_settings):
 
 
 def test_arguments_are_templated_in_both_modes(k8s_settings):
-    from postflow_airflow.steps import MLStepOperator, ml_step
+    from postflow_airflow.local_runner import MLStepOperator
+    from postflow_airflow.steps import ml_step
 
     args = ["--ds", "{{ ds }}", "--start", "{{ data_interval_start | ds }}"]
     context = {"ds": DS, "data_interval_start": datetime(2026, 10, 25, tzinfo=UTC)}
@@ -171,13 +172,13 @@ def test_mapped_steps_serialize_with_the_link(k8s_settings):
     tasks = {
         t["__var"]["task_id"]: t["__var"] for t in DagSerialization.to_dict(dag)["dag"]["tasks"]
     }
-    for task_id, task_type in (
-        ("embed_pod", "MLStepPodOperator"),
-        ("embed_local", "MLStepOperator"),
+    for task_id, task_type, module in (
+        ("embed_pod", "MLStepPodOperator", "postflow_airflow.pod_runner"),
+        ("embed_local", "MLStepOperator", "postflow_airflow.local_runner"),
     ):
         t = tasks[task_id]
         assert t["_is_mapped"] and t["task_type"] == task_type
-        assert t["_task_module"] == "postflow_airflow.steps"
+        assert t["_task_module"] == module
         assert t["_operator_extra_links"] == {"MLflow run": "_link_MLflowRunLink"}
         assert t["expand_input"]["value"]["__var"]["arguments"] == shards
 
@@ -192,7 +193,8 @@ def test_unknown_runner_or_step_fails_at_parse():
 
 
 def test_parse_helpers():
-    from postflow_airflow.steps import parse_node_selector, parse_tolerations, settings_env
+    from postflow_airflow.pod_runner import parse_node_selector, parse_tolerations
+    from postflow_airflow.settings import settings_env
 
     assert parse_node_selector("a=1, b.io/c=x") == {"a": "1", "b.io/c": "x"}
     assert parse_node_selector("") == {}
@@ -255,7 +257,7 @@ def test_mlflow_link(monkeypatch):
 @pytest.fixture
 def tiny_lake(tmp_path, monkeypatch) -> Path:
     """One posts_clean partition of 40 labelled posts (what `tune-bins` reads)."""
-    from ml.lake import Lake
+    from ml.lake.partitions import Lake
     from tools.synthetic import write_posts_clean
 
     created = datetime(2026, 10, 1)
@@ -279,7 +281,7 @@ def tiny_lake(tmp_path, monkeypatch) -> Path:
 
 
 def test_local_step_returns_its_json(tiny_lake):
-    from postflow_airflow.steps import MLStepOperator
+    from postflow_airflow.local_runner import MLStepOperator
 
     op = MLStepOperator(
         task_id="tune_bins", step="tune-bins", arguments=["--start", DS, "--end", DS]
@@ -289,13 +291,13 @@ def test_local_step_returns_its_json(tiny_lake):
 
 
 def test_local_step_without_json_returns_none():
-    from postflow_airflow.steps import MLStepOperator
+    from postflow_airflow.local_runner import MLStepOperator
 
     assert MLStepOperator(task_id="help", step="embed", arguments=["--help"]).execute({}) is None
 
 
 def test_local_step_failure_carries_stderr_tail():
-    from postflow_airflow.steps import MLStepFailed, MLStepOperator
+    from postflow_airflow.local_runner import MLStepFailed, MLStepOperator
 
     op = MLStepOperator(
         task_id="bad", step="tune-bins", arguments=["--start", DS, "--end", DS, "--bogus-flag"]
@@ -307,7 +309,7 @@ def test_local_step_failure_carries_stderr_tail():
 @pytest.mark.slow
 def test_local_step_gets_the_posts_mysql_connection(monkeypatch):
     """The connection's target reaches the child as POSTFLOW_MYSQL_URI (nothing listens there)."""
-    from postflow_airflow.steps import MLStepFailed, MLStepOperator
+    from postflow_airflow.local_runner import MLStepFailed, MLStepOperator
 
     monkeypatch.setenv("AIRFLOW_CONN_POSTS_MYSQL", "mysql://rdr:pw@127.0.0.1:1/from_conn_db")
     monkeypatch.setenv("POSTFLOW_MYSQL_URI", "mysql://env@127.0.0.1:2/from_env_db")
@@ -398,7 +400,7 @@ from postflow_airflow.steps import ml_step, ml_step_mapped
 with DAG("parse", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)):
     ml_step("embed_merge", "embed", ["--ds", "{{ ds }}", "--merge-shards", "2"])
     ml_step_mapped("embed", "embed", [["--ds", "{{ ds }}", "--shard", f"{i}/2"] for i in (0, 1)])
-mods = ("torch", "pandas", "mlflow", "sklearn", "MySQLdb", "boto3", "kubernetes", "ml.etl")
+mods = ("torch", "pandas", "mlflow", "sklearn", "MySQLdb", "boto3", "kubernetes", "ml.ingest.etl")
 print(json.dumps(sorted(m for m in mods if m in sys.modules)))
 """
     env = offline_parse_env({"POSTFLOW_CONFIG": "", "POSTFLOW_STEP_RUNNER": runner})

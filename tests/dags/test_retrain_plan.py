@@ -116,7 +116,7 @@ def test_a_run_embeds_every_clean_day_without_features_and_trains_up_to_the_newe
     with features, or before the window, are left alone."""
     import pyarrow as pa
 
-    from ml.lake import Lake
+    from ml.lake.partitions import Lake
 
     lake = Lake(str(tmp_path / "lake"))
     schema = pa.schema([("post_id", pa.int64())])

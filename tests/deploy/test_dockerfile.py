@@ -481,7 +481,7 @@ def test_dockerignore_keeps_local_state_out():
 
 
 def test_ml_image_runs_python_m_ml_as_the_pods_non_root_user(dockerfile):
-    from postflow_airflow.steps import ML_COMMAND, RUN_AS
+    from postflow_airflow.pod_runner import ML_COMMAND, RUN_AS
 
     ml = targets(dockerfile)["ml"]
     users = ml.all("USER")

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from ml.config import Settings
-from ml.lake import Lake
+from ml.lake.partitions import Lake
 from tests.conftest import MySQLDatabase, free_port, stop
 from tools import up
 
@@ -69,7 +69,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """Its own MySQL database (demo posts on D1..D4) and a SELECT-only reader."""
-    from ml.demo_data import generate
+    from ml.demo.seed import generate
 
     db = MySQLDatabase()
     root = tmp_path_factory.mktemp("backfill")

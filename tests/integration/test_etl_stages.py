@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 
 from ml.config import ConfigError, Settings
-from ml.etl import ReconciliationError, Window, clean, extract, reconcile, run_etl
-from ml.lake import Lake
-from ml.schema import RAW_SCHEMA
-from ml.source import choose_plan, extract_window
+from ml.ingest.etl import ReconciliationError, Window, clean, extract, reconcile, run_etl
+from ml.ingest.extract import choose_plan, extract_window
+from ml.lake.partitions import Lake
+from ml.lake.schema import RAW_SCHEMA
 from tests.conftest import jpeg
 
 pytestmark = pytest.mark.integration
@@ -281,7 +281,7 @@ def drop_users(db, user: str, hosts: tuple[str, ...]) -> None:
 def test_create_reader_account_is_select_only(fresh_mysql_db, hosts):
     """The one reader-account SQL (demo, `make up`, compose seed, tests): a '%' host included,
     with quotes and percent signs in the password; a second call only changes the password."""
-    from ml.source import SourceError, create_reader_account
+    from ml.ingest.source import SourceError, create_reader_account
 
     insert(fresh_mysql_db, [row(1, DAY + timedelta(hours=1))])
     user = f"pf_rd_{uuid.uuid4().hex[:8]}"

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pytest
 
 from ml.config import Settings
-from ml.etl import reconcile, run_etl
-from ml.lake import Lake, LakeError
+from ml.ingest.etl import reconcile, run_etl
+from ml.lake.partitions import Lake, LakeError
 from tests.conftest import REPO, VENV_BIN
 from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, row
 
@@ -117,7 +117,7 @@ def paused_run(
 def paused_step(settings: Settings, marker: Path, *args: str) -> subprocess.Popen:
     """`python -m ml etl` of DAY pausing inside its first commit, files written, no manifest."""
     return paused_run(
-        [*ETL[3:], *args], step_env(settings), marker, "ml.lake:PartitionWriter.commit"
+        [*ETL[3:], *args], step_env(settings), marker, "ml.lake.partitions:PartitionWriter.commit"
     )
 
 
@@ -432,7 +432,7 @@ def smtp():
     """(handler, SmtpParams) of an aiosmtpd server on loopback whose behaviour the test sets."""
     from aiosmtpd.controller import Controller
 
-    from ml.report_email import SmtpParams
+    from ml.report.mail import SmtpParams
     from tests.conftest import free_port
 
     handler = Refusing()
@@ -448,7 +448,7 @@ def smtp():
 @pytest.fixture
 def archived_week(tmp_path: Path):
     """Settings and the week of an archived (empty) weekly report: local lake, sqlite MLflow."""
-    from ml.report import build_report
+    from ml.report.weekly import build_report
     from ml.weeks import Week
 
     settings = Settings.load(
@@ -470,7 +470,7 @@ def archive_files(settings: Settings, week) -> dict[str, bytes]:
 
 
 def test_smtp_451_then_250_archives_once_and_mails_once(archived_week, smtp):
-    from ml.report import send_report
+    from ml.report.weekly import send_report
 
     settings, week = archived_week
     handler, params = smtp
@@ -491,7 +491,7 @@ def test_smtp_451_then_250_archives_once_and_mails_once(archived_week, smtp):
 def test_greylisted_recipient_gets_the_report_on_retry_and_nobody_twice(archived_week, smtp):
     """451 at RCPT for one of two recipients: smtplib sends to the other and reports the
     refusal without raising; it used to end there (task green, lead never mailed)."""
-    from ml.report import SendIncomplete, send_report
+    from ml.report.weekly import SendIncomplete, send_report
 
     settings, week = archived_week
     handler, params = smtp
@@ -506,7 +506,7 @@ def test_greylisted_recipient_gets_the_report_on_retry_and_nobody_twice(archived
 
 
 def test_a_rebuilt_report_is_mailed_again(archived_week, smtp):
-    from ml.report import build_report, send_report
+    from ml.report.weekly import build_report, send_report
 
     settings, week = archived_week
     handler, params = smtp
@@ -531,7 +531,7 @@ def models(tmp_path: Path, mlflow_server, proxy):
 
     import numpy as np
 
-    from ml.labels import DEFAULT_EDGES
+    from ml.learn.bins import DEFAULT_EDGES
     from tools.synthetic import class_features, write_features, write_posts_clean
 
     n = 600
@@ -600,7 +600,7 @@ def run_step(argv: list[str], env: dict[str, str]) -> dict:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "at",
-    ["mlflow.pyfunc:log_model", "ml.registry:register_challenger"],
+    ["mlflow.pyfunc:log_model", "ml.learn.registry:register_challenger"],
     ids=["while-logging", "before-registering"],
 )
 def test_mlflow_down_during_train_registers_nothing_and_the_retry_completes(models, tmp_path, at):
@@ -632,7 +632,7 @@ def test_mlflow_down_during_promote_moves_no_alias_and_the_retry_completes(model
     version = run_step(TRAIN, env)["version"]
     promote = ["promote", "--version", str(version), "--start", START, "--end", END]
     marker = tmp_path / "paused"
-    proc = paused_run(promote, env, marker, "ml.promote:_record", after=after)
+    proc = paused_run(promote, env, marker, "ml.learn.promote:_record", after=after)
     wait_for_file(marker, proc, timeout=300)
     cut.cut()
     _, err = proc.communicate("go\n", timeout=300)
@@ -670,9 +670,9 @@ def admin_conn(db):
 def after_first_chunk(monkeypatch, action) -> list[int]:
     """Run `action()` once the extract has read its first page (before it reads the next);
     returns the list of chunk sizes read."""
-    import ml.etl
+    import ml.ingest.etl
 
-    real = ml.etl.extract_window
+    real = ml.ingest.etl.extract_window
     sizes: list[int] = []
 
     def chunks(*args, **kwargs):
@@ -682,7 +682,7 @@ def after_first_chunk(monkeypatch, action) -> list[int]:
                 action()
             yield chunk
 
-    monkeypatch.setattr(ml.etl, "extract_window", chunks)
+    monkeypatch.setattr(ml.ingest.etl, "extract_window", chunks)
     return sizes
 
 
@@ -731,7 +731,7 @@ def test_mysql_connection_killed_mid_extract(settings, fresh_mysql_db, monkeypat
 def test_mysql_unreachable_for_a_while(settings, fresh_mysql_db, monkeypatch, proxy, comes_back):
     """MariaDB behind a proxy that refuses every connection after the first page; it lets
     them through again after two refusals (within the extract's retries), or never."""
-    from ml.source import SourceError
+    from ml.ingest.source import SourceError
     from tests.conftest import MYSQL_PORT
 
     insert(fresh_mysql_db, day_rows(range(1, 101)))

@@ -20,8 +20,8 @@ import psutil
 import pytest
 
 from ml.config import Settings
-from ml.etl import ReconciliationError, clean, extract, reconcile
-from ml.lake import Lake, LakeError, PartitionWriter
+from ml.ingest.etl import ReconciliationError, clean, extract, reconcile
+from ml.lake.partitions import Lake, LakeError, PartitionWriter
 from tests.conftest import (
     REPO,
     VENV_BIN,
@@ -66,7 +66,7 @@ def step_children(step: str) -> list[psutil.Process]:
 
 def self_killing_step():
     """A `train` task whose child SIGKILLs itself, as the OOM killer would kill it."""
-    from postflow_airflow.steps import MLStepOperator
+    from postflow_airflow.local_runner import MLStepOperator
 
     class Op(MLStepOperator):
         def command(self) -> list[str]:
@@ -76,7 +76,7 @@ def self_killing_step():
 
 
 def test_a_step_killed_by_sigkill_fails_naming_the_signal():
-    from postflow_airflow.steps import MLStepFailed
+    from postflow_airflow.local_runner import MLStepFailed
 
     with pytest.raises(MLStepFailed) as err:
         self_killing_step().execute({})
@@ -182,7 +182,7 @@ def test_train_killed_by_sigkill_fails_cleanly_and_the_retry_registers_once(retr
 # tests/integration/test_faults.py already runs two whole `python -m ml etl` of one day at once
 # (and two writers of one partition). posts_etl is three tasks, each its own try: here a
 # scheduled run (A) and a backfill (B) of the same day interleave between and inside them,
-# while the app keeps writing. The tasks are `ml.etl.extract/clean/reconcile`, as in the DAG.
+# while the app keeps writing. The tasks are `ml.ingest.etl.extract/clean/reconcile`, as in the DAG.
 
 
 @pytest.fixture

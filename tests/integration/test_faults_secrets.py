@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ml.config import Settings
-from ml.lake import Lake
+from ml.lake.partitions import Lake
 from ml.weeks import Week
 from tests.conftest import REPO, VENV_BIN, demo_days, load_dag, run_posts_etl
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from ml.config import Settings
-from ml.etl import ValidationFailed, Window, clean, extract, run_etl
-from ml.lake import Lake
-from ml.source import MySQLTarget, SourceError
+from ml.ingest.etl import ValidationFailed, Window, clean, extract, run_etl
+from ml.ingest.source import MySQLTarget, SourceError
+from ml.lake.partitions import Lake
 from tests.conftest import free_port, jpeg
 from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, naive, row
 
@@ -134,7 +134,7 @@ def test_extract_without_an_index_on_updated_at_warns_once_and_reads_the_window(
 ):
     fresh_mysql_db.execute("ALTER TABLE posts DROP INDEX idx_posts_updated_at")
     expected = _window_rows(fresh_mysql_db)
-    with caplog.at_level(logging.WARNING, logger="ml.source"):
+    with caplog.at_level(logging.WARNING, logger="ml.ingest.source"):
         first = extract(settings, WINDOW)
         second = extract(settings, WINDOW)
     assert first["rows"] == second["rows"] == len(expected) and first["plan"] == "scan"

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import pytest
 
 from ml.config import Settings
-from ml.lake import Lake
+from ml.lake.partitions import Lake
 from tests.conftest import demo_days, load_dag, run_posts_etl
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ EXPECTED_REASON = {
 
 @pytest.fixture(scope="module")
 def demo(mysql_db, tmp_path_factory):
-    from ml.demo_data import BAD_KINDS
+    from ml.demo.posts import BAD_KINDS
 
     assert set(BAD_KINDS) == set(EXPECTED_REASON), "every planted kind has an expected reason"
     root = tmp_path_factory.mktemp("demo")

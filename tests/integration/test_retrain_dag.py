@@ -12,7 +12,7 @@ from datetime import date
 
 import pytest
 
-from ml.lake import Lake
+from ml.lake.partitions import Lake
 from tests.conftest import demo_lake, etl_days, load_dag, retrain_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from ml.config import Settings
-from ml.lake import Lake
+from ml.lake.partitions import Lake
 from ml.weeks import Week
 from tests.conftest import MySQLDatabase, demo_days, etl_days, load_dag
 from tools import synthetic
@@ -50,7 +50,7 @@ def write_features(lake: Lake, day: str, seed: int) -> int:
     something. One post in ten looks like a post of another bin (its features are drawn for
     that bin): the champion gets those wrong, confidently, and the report has mistakes to show.
     Returns the number of rows."""
-    from ml.labels import bin_labels
+    from ml.learn.bins import bin_labels
 
     clean = lake.read_partition("posts_clean", day, columns=["id", "comment_count"])
     ids = clean["id"].to_numpy()
@@ -77,8 +77,8 @@ def cli_json(main, argv: list[str]) -> dict:
 def world(airflow_db, s3_server, mlflow_server, tmp_path_factory):
     """Two days of demo posts through posts_etl, features, and two model versions trained,
     registered and put through the promotion gate, all inside WEEK."""
-    from ml import promote
-    from ml import train as T
+    from ml.learn import promote
+    from ml.learn import train as T
 
     tmp = tmp_path_factory.mktemp("weekly")
     db = MySQLDatabase()
@@ -223,8 +223,8 @@ def test_schedule_gives_whole_weeks_monday_to_monday():
 
 @pytest.mark.integration
 def test_weekly_report_dag_archives_emails_and_logs(world, smtp_server, s3_server, monkeypatch):
-    from ml import registry
-    from ml.report import report_metrics
+    from ml.learn import registry
+    from ml.report.weekly import report_metrics
 
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_server.connection_json())
     settings, lake = world["settings"], world["lake"]
@@ -353,7 +353,7 @@ def test_weekly_report_dag_archives_emails_and_logs(world, smtp_server, s3_serve
     print(f"\nscreenshot of the emailed report: {shot}")
 
     # logged to MLflow, once per week: a re-run replaces the week's run
-    from ml.report import log_report
+    from ml.report.weekly import log_report
 
     log_report(settings, WEEK)
     exp = client.get_experiment_by_name(settings.mlflow_experiment)
@@ -368,8 +368,8 @@ def test_weekly_report_dag_archives_emails_and_logs(world, smtp_server, s3_serve
 
 @pytest.mark.integration
 def test_mail_failure_keeps_the_archived_report(world, smtp_server, s3_server):
-    from ml.report import build_report, send_report
-    from ml.report_email import SmtpParams
+    from ml.report.mail import SmtpParams
+    from ml.report.weekly import build_report, send_report
     from tests.conftest import free_port
 
     settings, lake = world["settings"], world["lake"]

@@ -1,0 +1,3 @@
+"""Ingest: MySQL `posts` changed in a day -> `posts_raw/ds=D` (one consistent read), then Great
+Expectations, caption sanitising and photo checks -> `posts_clean/ds=D` and `quarantine/ds=D`
+(every bad row with a reason); `reconcile` proves raw = clean + quarantined."""
