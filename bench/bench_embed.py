@@ -173,12 +173,6 @@ def main(argv: list[str] | None = None) -> dict:
         help="configuration timed against --precision in the same run (default: fp32 on CPU, "
         "the path of before; none on CUDA)",
     )
-    ap.add_argument(
-        "--engine",
-        choices=["eager", "onednn"],
-        default="eager",
-        help="of the configuration timed (onednn: TorchScript + oneDNN Graph fusion, CPU)",
-    )
     ap.add_argument("--rounds", type=int, default=2, help="end-to-end runs per configuration")
     ap.add_argument("--compile", action="store_true", help="torch.compile the image model")
     ap.add_argument(
@@ -199,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.precision = "bf16" if not gpu and native_bf16() else "auto"
     main_prec = resolve_precision(args.precision, device)
     base = args.baseline or ("none" if gpu else "fp32")
-    main_key = main_prec + ("+onednn" if args.engine == "onednn" else "")
+    main_key = main_prec
     precisions = [main_key] + ([base] if base not in ("none", main_key) else [])
 
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
@@ -232,10 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "none",
                 device,
                 batch,
-                p.split("+")[0],
+                p,
                 args.compile and p == main_key,
                 seed=0,
-                engine="onednn" if p.endswith("+onednn") else "eager",
             )
             for p in precisions
         }
@@ -248,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         warm = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
         for p, enc in encoders.items():
-            for _ in range(3 if (args.compile and p == main_key) or "+onednn" in p else 1):
+            for _ in range(3 if args.compile and p == main_key else 1):
                 enc.encode(warm)
         text_encoder.encode(captions[:batch])
         print(f"models loaded in {load_s:.1f}s, warmed up in {time.perf_counter() - t:.1f}s")

@@ -4,7 +4,7 @@ are in `ml.features.encoders`, the rows they make in `ml.features.store`).
 Pipeline: a DataLoader whose workers fetch the bytes, hash them with the caption, answer cache
 hits without decoding, and decode the rest (Pillow with `draft`, so a JPEG is decoded at a
 reduced DCT scale); with `--decode device` (the default on CUDA) JPEGs travel as raw bytes and
-are batch-decoded by nvJPEG (`torchvision.io.decode_jpeg(list, device=...)`), Pillow being the
+are batch-decoded by nvJPEG (TorchCodec's `decode_jpeg(list, device=...)`), Pillow being the
 fallback for other formats and for files nvJPEG refuses. Captions are encoded in a second thread
 while the image model runs (the fast tokenizer and torch both release the GIL).
 

@@ -106,11 +106,12 @@ def pyfunc_model() -> Any:
     class PostEngagementModel(mlflow.pyfunc.PythonModel):
         """Class probabilities, float32 (n, n_classes), of float32 features (n, 2432)."""
 
-        # no type hints on these two: MLflow would read them as an input schema
         def load_context(self, context):
             self.model = ServedModel(context.artifacts[MODEL_DIR_ARTIFACT])
 
-        def predict(self, context, model_input, params=None):
+        # `np.ndarray` is a type hint MLflow takes without inferring a schema from it (the
+        # logged signature stays the TensorSpec); without a hint MLflow warns at every load.
+        def predict(self, context, model_input: np.ndarray, params: Any = None) -> np.ndarray:
             X = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
             return self.model.predict_proba(X)
 

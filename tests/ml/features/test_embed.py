@@ -245,16 +245,6 @@ def test_oom_halves_the_batch_and_goes_on():
     assert owner.batch_size == 2 and out.tolist() == list(range(7))
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_tensor_orientation_matches_pillow(orientation):
-    arr = np.arange(5 * 3 * 3, dtype=np.uint8).reshape(5, 3, 3)
-    pil = np.asarray(E.orient_pil(Image.fromarray(arr), orientation))
-    import torch
-
-    ten = E.orient_tensor(torch.from_numpy(arr).permute(2, 0, 1), orientation).permute(1, 2, 0)
-    np.testing.assert_array_equal(ten.numpy(), pil)
-
-
 def test_device_decode_path_matches_pillow_on_cpu(encoders):
     """The nvJPEG path (here on CPU) gives the same crop as Pillow, orientation included."""
     import torch
@@ -271,8 +261,11 @@ def test_device_decode_path_matches_pillow_on_cpu(encoders):
     assert (dev.float() - ref.float()).abs().mean() < (rot.float() - ref.float()).abs().mean()
 
 
+# torchvision's own (deprecated) JPEG decoder is the independent oracle of TorchCodec's pixels.
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 def test_device_decode_resizes_each_size_once_and_keeps_order(encoders, monkeypatch):
-    """Photos of one size share a resize call; every crop equals the photo's own resize."""
+    """Photos of one size share a resize call; every crop equals the photo's own resize, its
+    pixels those torchvision's decoder gives."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import functional as TF
@@ -291,7 +284,7 @@ def test_device_decode_resizes_each_size_once_and_keeps_order(encoders, monkeypa
     got = encoders[0].decode_jpegs(items)
     assert sorted(c[0] for c in calls) == [2, 3]  # two sizes, two calls
     for item, out in zip(items, got, strict=True):
-        img = E.orient_tensor(decode_jpeg(item.payload, mode=ImageReadMode.RGB), item.orientation)
+        img = decode_jpeg(item.payload, mode=ImageReadMode.RGB, apply_exif_orientation=True)
         want = TF.center_crop(real_resize(img, [E.RESIZE], antialias=True), [E.CROP, E.CROP])
         assert torch.equal(out, want)
 

@@ -139,21 +139,3 @@ def test_embed_logs_progress_with_rate_and_eta(tmp_path, caplog):
     assert len(lines) == 5, lines
     assert lines[0] == f"embed ds={DS}: starting, 3 posts to do"
     assert lines[-1].startswith(f"embed ds={DS}: 3/3 posts, ") and "posts/s, ETA 0s" in lines[-1]
-
-
-@pytest.mark.slow
-def test_onednn_engine_gives_fp32_eager_features_on_a_partial_batch():
-    """Traced + frozen + oneDNN-fused fp32: the same features to float rounding, also for a
-    last batch smaller than the traced size (padded, then cut)."""
-    import torch
-
-    pixels = torch.stack([E.pillow_pixels(b) for b in _photos(3, seed=9)])
-    eager = E.ImageEncoder("none", "cpu", batch_size=4, precision="fp32")
-    fused = E.ImageEncoder("none", "cpu", batch_size=4, precision="fp32", engine="onednn")
-    with pytest.warns(E.RandomWeightsWarning):
-        a = eager.encode(pixels).astype(np.float32)
-        b = fused.encode(pixels).astype(np.float32)
-    assert b.shape == (3, 2048)
-    assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()  # float16 storage: a few ulps at most
-    with pytest.raises(ValueError, match="engine"):
-        E.ImageEncoder("none", "cuda", engine="onednn")
