@@ -26,6 +26,7 @@ import secrets
 import subprocess
 import sys
 import time
+import warnings
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -48,9 +49,16 @@ def _airflow_env() -> None:
         "POSTFLOW_IMAGE_WEIGHTS": "none",
         "POSTFLOW_LABEL_AGE_DAYS": str(DEMO_LABEL_AGE_DAYS),
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # The demo is a newcomer's first screen: third-party warnings (Airflow's and its
+        # libraries' deprecations, MLflow's hints) and MLflow's artifact download bars stay off
+        # it, in this process and in every step it starts. The tests keep showing warnings.
+        "PYTHONWARNINGS": "ignore",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    if os.environ["PYTHONWARNINGS"] == "ignore":
+        warnings.simplefilter("ignore")
 
 
 def reader_account(admin):
