@@ -3,9 +3,10 @@
 
 Reads `[data_interval_start, data_interval_end)` on `posts.updated_at` from the `posts_mysql`
 connection, writes `posts_raw/ds=D`, validates it with the Great Expectations suite in
-`expectations/`, sanitises captions and photos into `posts_clean/ds=D` and quarantines every bad
-row with a reason in `quarantine/ds=D`, then reconciles: every extracted row is in exactly one of
-the two, or the run fails. A reconciled day updates the `posts_clean` asset, which starts
+`expectations/` and sanitises captions and photos as mapped tasks over id ranges of the day
+(`POSTFLOW_VALIDATE_SHARDS`, 0 = one per `POSTFLOW_VALIDATE_SHARD_ROWS` rows), merges the shards
+into `posts_clean/ds=D` and `quarantine/ds=D` (every bad row with a reason), then reconciles:
+every extracted row is in exactly one of the two, or the run fails. A failed shard retries alone. A reconciled day updates the `posts_clean` asset, which starts
 `retrain`.
 
 Backfill from the UI (Trigger → Backfill) or `airflow backfill create --dag-id posts_etl
@@ -50,16 +51,37 @@ def posts_etl():
         return extract(task_settings(), window_of(context))
 
     @task
-    def validate_posts(extracted: dict, **context) -> dict:
-        """Great Expectations + sanitisers → posts_clean/ds=D and quarantine/ds=D."""
+    def plan_shards(extracted: dict, **context) -> list[dict]:
+        """How many validate shards the day's extract needs (POSTFLOW_VALIDATE_SHARDS)."""
         from postflow_airflow.settings import task_settings, window_of
 
-        from ml.ingest.etl import clean
+        from ml.ingest.shards import plan
 
-        return clean(task_settings(), window_of(context))
+        n = plan(task_settings(), window_of(context))["shards"]
+        return [{"shard": i, "shards": n} for i in range(n)]
+
+    @task(map_index_template="{{ task.op_kwargs['shard']['shard'] }}")
+    def validate_posts(shard: dict, **context) -> dict:
+        """Great Expectations + sanitisers on one id range of posts_raw → staged parts."""
+        from postflow_airflow.settings import task_settings, window_of
+
+        from ml.ingest.shards import validate_shard
+
+        return validate_shard(
+            task_settings(), window_of(context), shard["shard"], shard["shards"]
+        )
+
+    @task
+    def merge_posts(planned: list[dict], **context) -> dict:
+        """The staged shards → one posts_clean/ds=D and one quarantine/ds=D manifest."""
+        from postflow_airflow.settings import task_settings, window_of
+
+        from ml.ingest.shards import merge
+
+        return merge(task_settings(), window_of(context), len(planned))
 
     @task(outlets=[POSTS_CLEAN])
-    def reconcile_posts(validated: dict, **context) -> dict:
+    def reconcile_posts(merged: dict, **context) -> dict:
         """Fail loudly unless raw ids == clean ids + quarantined ids."""
         from postflow_airflow.settings import task_settings, window_of
 
@@ -70,7 +92,10 @@ def posts_etl():
         context["outlet_events"][POSTS_CLEAN].extra = {"ds": result["ds"]}
         return result
 
-    reconcile_posts(validate_posts(extract_posts()))
+    planned = plan_shards(extract_posts())
+    merged = merge_posts(planned)
+    validate_posts.expand(shard=planned) >> merged
+    reconcile_posts(merged)
 
 
 posts_etl()

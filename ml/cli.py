@@ -12,8 +12,8 @@ import sys
 STEPS: dict[str, tuple[str, str]] = {
     "demo-data": ("ml.demo.seed", "generate demo posts into MySQL and photos into the image store"),
     "etl": (
-        "ml.ingest.etl",
-        "extract, validate, sanitise and write one window of posts to the lake",
+        "ml.ingest.shards",
+        "extract, validate (whole or sharded), sanitise and write one window of posts to the lake",
     ),
     "embed": ("ml.features.embed", "image (ResNet50) and caption (MiniLM) features of one day"),
     "tune-bins": ("ml.learn.labels", "propose comment-count bin edges from a window's histogram"),

@@ -60,6 +60,11 @@ class Settings:
     # batch-level warnings when more than this fraction of rows is quarantined
     max_quarantine_fraction_warn: float = 0.2
     max_quarantine_fraction_error: float = 0.9
+    # validate as mapped tasks over id ranges of posts_raw (issue 22): shards of a day; 0 =
+    # ceil(rows / validate_shard_rows), at most validate_max_shards
+    validate_shards: int = 0
+    validate_shard_rows: int = 1_000_000
+    validate_max_shards: int = 16
     # tracking and registry (MLflow)
     mlflow_uri: str = "sqlite:///" + str(DEFAULT_STATE_DIR / "mlflow.db")
     mlflow_experiment: str = "post-engagement"

@@ -7,12 +7,11 @@ exactly one of `posts_clean` or `quarantine`; `reconcile` proves it and fails lo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,8 +24,8 @@ import pyarrow.compute as pc
 from ml.config import ConfigError, Settings
 from ml.ingest.extract import EXTRACT_PLANS, choose_plan, extract_window
 from ml.ingest.reasons import Reason
-from ml.ingest.source import MySQLTarget, SourceError
-from ml.lake.partitions import Lake, LakeError, ds_str
+from ml.ingest.source import MySQLTarget
+from ml.lake.partitions import Lake, PartitionWriter, ds_str
 from ml.lake.schema import (
     CLEAN_SCHEMA,
     DATASET_CLEAN,
@@ -144,12 +143,17 @@ class CleanStats:
 
 
 def superseded_positions(lake: Lake, ds: str) -> set[int]:
-    """Row positions (in partition order) of older versions of a post id: the latest wins.
+    """Row positions (in partition order) of older versions of a post id: the latest wins."""
+    return superseded_in(lake.read_partition(DATASET_RAW, ds, columns=["id", "updated_at"]))
 
-    Computed on (id, updated_at) of the whole partition so duplicates are found whatever batch
-    they fall in; 16 bytes a row keeps this small even for millions of rows.
+
+def superseded_in(keys: pa.Table) -> set[int]:
+    """Positions (in `keys` order) of rows whose post id has a newer version in `keys`.
+
+    Computed on (id, updated_at) of a whole partition, or of a shard (all versions of an id
+    fall in one id range), so duplicates are found whatever batch they fall in; 16 bytes a
+    row keeps this small even for millions of rows.
     """
-    keys = lake.read_partition(DATASET_RAW, ds, columns=["id", "updated_at"])
     if keys.num_rows == 0:
         return set()
     ids = keys.column("id")
@@ -165,14 +169,29 @@ def superseded_positions(lake: Lake, ds: str) -> set[int]:
     return {positions[i] for i in range(1, len(id_list)) if id_list[i] == id_list[i - 1]}
 
 
+def require_extract(lake: Lake, ds: str, raw_run_id: str) -> Callable[[], None]:
+    """A writer precondition: posts_raw/ds is still the extract `raw_run_id`.
+
+    A run of the same day may re-extract meanwhile (a backfill overlapping the scheduled run):
+    rows of the older extract must then not replace partitions built from the newer one. Each
+    writer checks right before its manifest, so no partition of a stale run lands; the retry
+    validates the current extract. (Between that read and the manifest write a window of
+    microseconds remains: the lake has no compare-and-set.)
+    """
+
+    def same_extract() -> None:
+        current = (lake.read_manifest(DATASET_RAW, ds) or {}).get("run_id")
+        if current != raw_run_id:
+            raise StaleExtract(
+                f"{ds}: posts_raw was re-extracted ({raw_run_id} -> {current}) "
+                "while this run validated it; not committed, re-run the validate step"
+            )
+
+    return same_extract
+
+
 def clean(settings: Settings, window: Window, now: datetime | None = None) -> dict[str, Any]:
     """Validate and sanitise `posts_raw/ds=D` into `posts_clean/ds=D` and `quarantine/ds=D`."""
-    import pandas as pd
-
-    from ml.ingest.captions import sanitize_captions
-    from ml.ingest.images import check_uris
-    from ml.ingest.validate import validate_posts
-
     now = _utc(now or datetime.now(UTC))
     lake = Lake.from_settings(settings)
     ds = window.ds
@@ -182,155 +201,199 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
             f"{lake.partition_uri(DATASET_RAW, ds)} does not exist: run the extract step first"
         )
     superseded = superseded_positions(lake, ds)
-    stats = CleanStats()
-    results: list[dict[str, Any]] = []
     progress = Progress(f"validate {ds}", raw_manifest["rows"])
     t0 = time.monotonic()
-    offset = 0
-    chunk_settings = settings.replace(min_rows_error=0)  # row count is checked on the whole day
     with (
         lake.writer(DATASET_CLEAN, ds, CLEAN_SCHEMA, DISTINCT_COLUMNS) as clean_w,
         lake.writer(DATASET_QUARANTINE, ds, QUARANTINE_SCHEMA, DISTINCT_COLUMNS) as quar_w,
     ):
-        for batch in lake.iter_batches(DATASET_RAW, ds, settings.extract_chunk_rows):
-            n = batch.num_rows
-            df = batch.to_pandas(types_mapper=pd.ArrowDtype)
-            df.index = pd.RangeIndex(offset, offset + n)
-            stats.rows_in += n
-            # one reason and message per row, by position in this batch
-            reason = np.full(n, None, dtype=object)
-            message = np.full(n, "", dtype=object)
-
-            if superseded:
-                dup = np.isin(np.arange(offset, offset + n), list(superseded))
-                reason[dup] = Reason.DUPLICATE_SUPERSEDED.value
-                message[dup] = "a newer version of this post id is in the same window"
-            offset += n
-
-            todo = _pending(reason)
-            outcome = validate_posts(
-                df.iloc[todo],
-                window.start,
-                window.end,
-                now,
-                chunk_settings,
-            )
-            if len(outcome.row_reasons):
-                pos = outcome.row_reasons.index.to_numpy(dtype=np.int64) - (offset - n)
-                reason[pos] = outcome.row_reasons["reason"].astype(str).to_numpy()
-                message[pos] = outcome.row_reasons["message"].astype(str).to_numpy()
-            stats.batch_errors += [c.message for c in outcome.errors]
-            stats.batch_warnings += [c.message for c in outcome.warnings]
-            results.append(outcome.result_json)
-
-            todo = _pending(reason)
-            cleaned = sanitize_captions(df["caption"].iloc[todo]).to_numpy(dtype=object, copy=True)
-            empty = np.array([c is None or c is pd.NA or c == "" for c in cleaned], dtype=bool)
-            if settings.require_caption:
-                reason[todo[empty]] = Reason.CAPTION_EMPTY.value
-                message[todo[empty]] = (
-                    "caption is empty after removing whitespace and control characters"
-                )
-            cleaned[empty] = ""  # no caption is a valid post: it is kept with ""
-            caption_of = dict(zip(todo.tolist(), cleaned.tolist(), strict=True))
-
-            todo = _pending(reason)
-            uris = batch.column("image_uri").take(pa.array(todo, pa.int64())).to_pylist()
-            images = dict(zip(todo.tolist(), check_uris(uris, settings), strict=True))
-            for p, res in images.items():
-                if res.reason is not None:
-                    reason[p] = Reason(res.reason).value
-                    message[p] = res.message
-
-            ok = _pending(reason)
-            clean_t = batch.take(pa.array(ok, pa.int64()))
-            clean_t = clean_t.set_column(
-                clean_t.schema.get_field_index("caption"),
-                "caption",
-                pa.array([caption_of[p] for p in ok], pa.large_string()),
-            )
-            for col in ("format", "width", "height", "exif_orientation"):
-                name = col if col == "exif_orientation" else f"image_{col}"
-                values = [getattr(images[p], col) for p in ok]
-                clean_t = clean_t.append_column(
-                    name, pa.array(values, CLEAN_SCHEMA.field(name).type)
-                )
-            clean_w.write(clean_t)
-            stats.clean += clean_t.num_rows
-
-            bad = np.flatnonzero(np.array([r is not None for r in reason], dtype=bool))
-            if len(bad):
-                q = batch.take(pa.array(bad, pa.int64()))
-                q = q.append_column("reason", pa.array(reason[bad].tolist(), pa.string()))
-                q = q.append_column("message", pa.array(message[bad].tolist(), pa.string()))
-                quar_w.write(q)
-                stats.reasons.update(reason[bad].tolist())
-            progress.add(n)
-
-        if stats.rows_in < settings.min_rows_error:
-            stats.batch_errors.append(
-                f"row count {stats.rows_in} is below the minimum {settings.min_rows_error}"
-            )
-        fraction = stats.quarantined / stats.rows_in if stats.rows_in else 0.0
-        if fraction > settings.max_quarantine_fraction_error:
-            stats.batch_errors.append(
-                f"{fraction:.1%} of rows quarantined (error above "
-                f"{settings.max_quarantine_fraction_error:.0%})"
-            )
-        elif fraction > settings.max_quarantine_fraction_warn:
-            stats.batch_warnings.append(
-                f"{fraction:.1%} of rows quarantined (warning above "
-                f"{settings.max_quarantine_fraction_warn:.0%})"
-            )
-        if stats.batch_errors:
-            # Raised inside both writers: neither partition is committed, so the day's previous
-            # posts_clean (or none) stays what readers see.
-            for error in stats.batch_errors:
-                log.error("validation error for %s: %s", ds, error)
-            raise ValidationFailed(
-                f"{ds}: batch validation failed, posts_clean and quarantine not committed: "
-                + "; ".join(stats.batch_errors)
-            )
-        status = "ok"
-        report = json.dumps(
-            {
-                "status": status,
-                "errors": stats.batch_errors,
-                "warnings": stats.batch_warnings,
-                "chunks": results,
-            },
-            default=str,
-        ).encode()
-        report_uri = clean_w.write_artifact("validation.json", report)
-        common = dict(
-            window_start=window.start.isoformat(),
-            window_end=window.end.isoformat(),
-            source_rows=stats.rows_in,
-            raw_run_id=raw_manifest["run_id"],
-            validation_status=status,
-            validation_report=report_uri,
+        batches = lake.iter_batches(DATASET_RAW, ds, settings.extract_chunk_rows)
+        stats, results = clean_into(
+            batches, superseded, window, now, settings, clean_w, quar_w, progress
         )
-        clean_w.meta.update(common, quarantined=stats.quarantined)
-        quar_w.meta.update(common, reasons=dict(sorted(stats.reasons.items())))
-
-        # A run of the same day may re-extract meanwhile (a backfill overlapping the scheduled
-        # run): rows of the older extract must then not replace partitions built from the newer
-        # one. Checked by each writer right before its manifest, so neither partition of a stale
-        # run lands; the retry validates the current extract. (Between that read and the
-        # manifest write a window of microseconds remains: the lake has no compare-and-set.)
-        def same_extract() -> None:
-            current = (lake.read_manifest(DATASET_RAW, ds) or {}).get("run_id")
-            if current != raw_manifest["run_id"]:
-                raise StaleExtract(
-                    f"{ds}: posts_raw was re-extracted ({raw_manifest['run_id']} -> {current}) "
-                    "while this run validated it; not committed, re-run the validate step"
-                )
-
-        clean_w.precondition = quar_w.precondition = same_extract
+        day_checks(stats, settings)
+        # Raised inside both writers: neither partition is committed, so the day's previous
+        # posts_clean (or none) stays what readers see.
+        fail_if_errors(stats, ds)
+        report_uri = finish_day(
+            stats, results, window, raw_manifest["run_id"], clean_w, quar_w
+        )
+        clean_w.precondition = quar_w.precondition = require_extract(
+            lake, ds, raw_manifest["run_id"]
+        )
     progress.add(0, force=True)
+    return day_summary(lake, ds, stats, report_uri, time.monotonic() - t0)
+
+
+def clean_into(
+    batches: Iterable[pa.Table],
+    superseded: set[int],
+    window: Window,
+    now: datetime,
+    settings: Settings,
+    clean_w: PartitionWriter,
+    quar_w: PartitionWriter,
+    progress: Progress,
+) -> tuple[CleanStats, list[dict[str, Any]]]:
+    """Validate and sanitise `batches` (rows of posts_raw, `superseded` their positions in
+    this stream) into the two writers; returns the counts and each chunk's GX result. What
+    the day as a whole must pass (row count, quarantined fraction) is `day_checks`."""
+    import pandas as pd
+
+    from ml.ingest.captions import sanitize_captions
+    from ml.ingest.images import check_uris
+    from ml.ingest.validate import validate_posts
+
+    stats = CleanStats()
+    results: list[dict[str, Any]] = []
+    offset = 0
+    chunk_settings = settings.replace(min_rows_error=0)  # row count is checked on the whole day
+    for batch in batches:
+        n = batch.num_rows
+        df = batch.to_pandas(types_mapper=pd.ArrowDtype)
+        df.index = pd.RangeIndex(offset, offset + n)
+        stats.rows_in += n
+        # one reason and message per row, by position in this batch
+        reason = np.full(n, None, dtype=object)
+        message = np.full(n, "", dtype=object)
+
+        if superseded:
+            dup = np.isin(np.arange(offset, offset + n), list(superseded))
+            reason[dup] = Reason.DUPLICATE_SUPERSEDED.value
+            message[dup] = "a newer version of this post id is in the same window"
+        offset += n
+
+        todo = _pending(reason)
+        outcome = validate_posts(
+            df.iloc[todo],
+            window.start,
+            window.end,
+            now,
+            chunk_settings,
+        )
+        if len(outcome.row_reasons):
+            pos = outcome.row_reasons.index.to_numpy(dtype=np.int64) - (offset - n)
+            reason[pos] = outcome.row_reasons["reason"].astype(str).to_numpy()
+            message[pos] = outcome.row_reasons["message"].astype(str).to_numpy()
+        stats.batch_errors += [c.message for c in outcome.errors]
+        stats.batch_warnings += [c.message for c in outcome.warnings]
+        results.append(outcome.result_json)
+
+        todo = _pending(reason)
+        cleaned = sanitize_captions(df["caption"].iloc[todo]).to_numpy(dtype=object, copy=True)
+        empty = np.array([c is None or c is pd.NA or c == "" for c in cleaned], dtype=bool)
+        if settings.require_caption:
+            reason[todo[empty]] = Reason.CAPTION_EMPTY.value
+            message[todo[empty]] = (
+                "caption is empty after removing whitespace and control characters"
+            )
+        cleaned[empty] = ""  # no caption is a valid post: it is kept with ""
+        caption_of = dict(zip(todo.tolist(), cleaned.tolist(), strict=True))
+
+        todo = _pending(reason)
+        uris = batch.column("image_uri").take(pa.array(todo, pa.int64())).to_pylist()
+        images = dict(zip(todo.tolist(), check_uris(uris, settings), strict=True))
+        for p, res in images.items():
+            if res.reason is not None:
+                reason[p] = Reason(res.reason).value
+                message[p] = res.message
+
+        ok = _pending(reason)
+        clean_t = batch.take(pa.array(ok, pa.int64()))
+        clean_t = clean_t.set_column(
+            clean_t.schema.get_field_index("caption"),
+            "caption",
+            pa.array([caption_of[p] for p in ok], pa.large_string()),
+        )
+        for col in ("format", "width", "height", "exif_orientation"):
+            name = col if col == "exif_orientation" else f"image_{col}"
+            values = [getattr(images[p], col) for p in ok]
+            clean_t = clean_t.append_column(
+                name, pa.array(values, CLEAN_SCHEMA.field(name).type)
+            )
+        clean_w.write(clean_t)
+        stats.clean += clean_t.num_rows
+
+        bad = np.flatnonzero(np.array([r is not None for r in reason], dtype=bool))
+        if len(bad):
+            q = batch.take(pa.array(bad, pa.int64()))
+            q = q.append_column("reason", pa.array(reason[bad].tolist(), pa.string()))
+            q = q.append_column("message", pa.array(message[bad].tolist(), pa.string()))
+            quar_w.write(q)
+            stats.reasons.update(reason[bad].tolist())
+        progress.add(n)
+
+    return stats, results
+
+
+def day_checks(stats: CleanStats, settings: Settings) -> None:
+    """The day's own expectations (row count, quarantined fraction), added to `stats`."""
+    if stats.rows_in < settings.min_rows_error:
+        stats.batch_errors.append(
+            f"row count {stats.rows_in} is below the minimum {settings.min_rows_error}"
+        )
+    fraction = stats.quarantined / stats.rows_in if stats.rows_in else 0.0
+    if fraction > settings.max_quarantine_fraction_error:
+        stats.batch_errors.append(
+            f"{fraction:.1%} of rows quarantined (error above "
+            f"{settings.max_quarantine_fraction_error:.0%})"
+        )
+    elif fraction > settings.max_quarantine_fraction_warn:
+        stats.batch_warnings.append(
+            f"{fraction:.1%} of rows quarantined (warning above "
+            f"{settings.max_quarantine_fraction_warn:.0%})"
+        )
+
+
+def fail_if_errors(stats: CleanStats, ds: str) -> None:
+    if stats.batch_errors:
+        for error in stats.batch_errors:
+            log.error("validation error for %s: %s", ds, error)
+        raise ValidationFailed(
+            f"{ds}: batch validation failed, posts_clean and quarantine not committed: "
+            + "; ".join(stats.batch_errors)
+        )
+
+
+def finish_day(
+    stats: CleanStats,
+    results: list[dict[str, Any]],
+    window: Window,
+    raw_run_id: str,
+    clean_w: PartitionWriter,
+    quar_w: PartitionWriter,
+) -> str:
+    """The validation report and the manifests' metadata of a validated day; its report URI."""
+    status = "ok"
+    report = json.dumps(
+        {
+            "status": status,
+            "errors": stats.batch_errors,
+            "warnings": stats.batch_warnings,
+            "chunks": results,
+        },
+        default=str,
+    ).encode()
+    report_uri = clean_w.write_artifact("validation.json", report)
+    common = dict(
+        window_start=window.start.isoformat(),
+        window_end=window.end.isoformat(),
+        source_rows=stats.rows_in,
+        raw_run_id=raw_run_id,
+        validation_status=status,
+        validation_report=report_uri,
+    )
+    clean_w.meta.update(common, quarantined=stats.quarantined)
+    quar_w.meta.update(common, reasons=dict(sorted(stats.reasons.items())))
+    return report_uri
+
+
+def day_summary(
+    lake: Lake, ds: str, stats: CleanStats, report_uri: str, seconds: float
+) -> dict[str, Any]:
     for warning in stats.batch_warnings:
         log.warning("validation warning for %s: %s", ds, warning)
-    summary = {
+    return {
         "ds": ds,
         "rows_in": stats.rows_in,
         "clean": stats.clean,
@@ -341,9 +404,8 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
         "clean_uri": lake.partition_uri(DATASET_CLEAN, ds),
         "quarantine_uri": lake.partition_uri(DATASET_QUARANTINE, ds),
         "validation_report": report_uri,
-        "seconds": round(time.monotonic() - t0, 3),
+        "seconds": round(seconds, 3),
     }
-    return summary
 
 
 def _pending(reason: np.ndarray) -> np.ndarray:
@@ -427,48 +489,3 @@ def run_etl(settings: Settings, window: Window, now: datetime | None = None) -> 
         "seconds": round(seconds, 3),
         "rows_per_s": round(ex["rows"] / seconds, 1) if seconds else None,
     }
-
-
-def _parse_ts(value: str) -> datetime:
-    try:
-        return _utc(datetime.fromisoformat(value))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date or datetime") from exc
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml etl",
-        description="Extract [start, end) on updated_at from MySQL, validate, sanitise and "
-        "write posts_clean/quarantine partitions (ds = the start date). Reads POSTFLOW_MYSQL_URI "
-        "and POSTFLOW_LAKE.",
-    )
-    parser.add_argument("--start", type=_parse_ts, required=True, help="ISO date/datetime (UTC)")
-    parser.add_argument(
-        "--end", type=_parse_ts, help="ISO date/datetime, exclusive (default +1 day)"
-    )
-    parser.add_argument(
-        "--step",
-        choices=["all", "extract", "validate", "reconcile"],
-        default="all",
-        help="run one stage only (what the Airflow tasks do)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        window = Window(args.start, args.end or args.start + timedelta(days=1))
-        settings = Settings.load()
-        step = {"all": run_etl, "extract": extract, "validate": clean, "reconcile": reconcile}
-        result = step[args.step](settings, window)
-    except (
-        SourceError,
-        LakeError,
-        ConfigError,
-        ValidationFailed,
-        ReconciliationError,
-        FileNotFoundError,
-        ValueError,
-    ) as exc:
-        print(f"postflow etl: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, default=str))
-    return 0

@@ -252,6 +252,7 @@ class PartitionWriter:
         # commit (a writer that must not commit on top of changed inputs sets it)
         self.precondition: Callable[[], None] | None = None
         self.artifacts: list[str] = []
+        self.adopted: list[str] = []  # files copied in whole (`adopt`)
         self.manifest: dict[str, Any] | None = None
         self._writer: pq.ParquetWriter | None = None
         self._closed = False
@@ -272,6 +273,14 @@ class PartitionWriter:
         self._writer.write_table(table, row_group_size=128_000)
         self.rows += table.num_rows
 
+    def adopt(self, path: str, rows: int) -> None:
+        """Copy a finished Parquet file of this schema (a shard's staged part) into this version
+        under a run-unique name: a server-side copy on S3, no decoding. Listed from the commit."""
+        name = f"part-{self.run_id}-{len(self.adopted):04d}.parquet"
+        self.adopted.append(name)
+        self.lake.fs.copy_file(path, posixpath.join(self.dir, name))
+        self.rows += rows
+
     def write_artifact(self, name: str, data: bytes) -> str:
         """A side file kept with the partition (a validation report, say); replaced on rerun."""
         stem, dot, ext = name.rpartition(".")
@@ -287,7 +296,7 @@ class PartitionWriter:
         if self._writer is not None and not self._closed:
             self._writer.close()
             self._closed = True
-        return [self.data_file] if self._writer is not None else []
+        return ([self.data_file] if self._writer is not None else []) + self.adopted
 
     def commit(self) -> dict[str, Any]:
         import base64
@@ -332,7 +341,7 @@ class PartitionWriter:
         except OSError:
             pass  # the file is deleted below anyway (a full disk cannot flush it)
         tmp = f".{MANIFEST}.{self.run_id}"
-        for name in [self.data_file, *self.artifacts, tmp]:
+        for name in [self.data_file, *self.adopted, *self.artifacts, tmp]:
             try:
                 self.lake.fs.delete_file(posixpath.join(self.dir, name))
             except (FileNotFoundError, OSError):

@@ -27,6 +27,7 @@ HEAVY = (
     "MySQLdb",
     "boto3",
     "ml.ingest.etl",
+    "ml.ingest.shards",
 )
 
 
@@ -101,8 +102,11 @@ def test_posts_etl_publishes_clean_asset_after_reconcile(dagbag):
     dag = dagbag.dags["posts_etl"]
     assert [t.task_id for t in dag.topological_sort()] == [
         "extract_posts",
+        "plan_shards",
         "validate_posts",
+        "merge_posts",
         "reconcile_posts",
     ]
+    assert dag.get_task("validate_posts").is_mapped, "validate fans out over id ranges"
     outlets = dag.get_task("reconcile_posts").outlets
     assert [a.name for a in outlets] == ["posts_clean"]

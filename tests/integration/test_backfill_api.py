@@ -44,7 +44,7 @@ TODAY = datetime.now(UTC).date()
 # Demo posts are updated on D1..D4; backfill 1 covers D1..D3, backfill 2 covers D2..D4.
 D1, D2, D3, D4 = (TODAY - timedelta(days=n) for n in (5, 4, 3, 2))
 FIRST, SECOND = [D1, D2, D3], [D2, D3, D4]
-TASKS = ["extract_posts", "validate_posts", "reconcile_posts"]
+TASKS = ["extract_posts", "plan_shards", "validate_posts", "merge_posts", "reconcile_posts"]
 # In the page: every link's href; and the button that folds the details panel (grid full width).
 LINKS_JS = 'Array.from(document.querySelectorAll("a[href]"), a => a.getAttribute("href"))'
 FOLD_DETAILS_JS = "document.querySelector(\"button[aria-label='Collapse Details Panel']\")?.click()"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -67,9 +67,8 @@ def test_posts_etl_day_of_demo_data(airflow_env, demo):
     run = run_day(DAY)
     assert str(run.state) == "success"
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    assert states == dict.fromkeys(
-        ["extract_posts", "validate_posts", "reconcile_posts"], "success"
-    )
+    tasks = ["extract_posts", "plan_shards", "validate_posts", "merge_posts", "reconcile_posts"]
+    assert states == dict.fromkeys(tasks, "success")
 
     lake = Lake.from_settings(settings)
     clean = lake.read_partition("posts_clean", DAY).to_pylist()
@@ -108,3 +107,34 @@ def test_posts_etl_emits_posts_clean_asset_event(airflow_env, demo):
         ]
         assert [e.source_task_id for e in events] == ["reconcile_posts"]
         assert events[0].asset.name == "posts_clean"
+
+
+def test_a_day_sharded_through_airflow_is_the_unsharded_day(airflow_env, demo, monkeypatch):
+    """posts_etl with 3 validate shards (mapped tasks), then the unsharded step on the same
+    extract: the same posts_clean rows and the same quarantine reasons, post for post."""
+    from ml.ingest.etl import Window, clean
+
+    settings, _ = demo
+    monkeypatch.setenv("POSTFLOW_VALIDATE_SHARDS", "3")
+    run = run_day(DAY)
+    assert str(run.state) == "success"
+    mapped = [ti for ti in run.get_task_instances() if ti.task_id == "validate_posts"]
+    assert sorted(ti.map_index for ti in mapped) == [0, 1, 2]
+    assert {str(ti.state) for ti in mapped} == {"success"}
+
+    lake = Lake.from_settings(settings)
+
+    def day() -> tuple[list, list]:
+        clean_rows = sorted(lake.read_partition("posts_clean", DAY).to_pylist(), key=str)
+        quarantine = lake.read_partition("quarantine", DAY).to_pylist()
+        return clean_rows, sorted((r["id"], r["reason"], r["message"]) for r in quarantine)
+
+    sharded = day()
+    manifest = lake.read_manifest("posts_clean", DAY)
+    assert manifest["shards"] == 3 and len(manifest["files"]) >= 2
+    start = datetime.combine(DAY, datetime.min.time(), UTC)
+    clean(settings, Window(start, start + timedelta(days=1)))  # unsharded, same extract
+    assert "shards" not in lake.read_manifest("posts_clean", DAY)
+    unsharded = day()
+    assert sharded == unsharded
+    assert len(sharded[0]) > 100 and {r for _, r, _ in sharded[1]} >= {"image_corrupt"}
