@@ -6,8 +6,8 @@ connection, writes `posts_raw/ds=D`, validates it with the Great Expectations su
 `expectations/` and sanitises captions and photos as mapped tasks over id ranges of the day
 (`POSTFLOW_VALIDATE_SHARDS`, 0 = one per `POSTFLOW_VALIDATE_SHARD_ROWS` rows), merges the shards
 into `posts_clean/ds=D` and `quarantine/ds=D` (every bad row with a reason), then reconciles:
-every extracted row is in exactly one of the two, or the run fails. A failed shard retries alone. A reconciled day updates the `posts_clean` asset, which starts
-`retrain`.
+every extracted row is in exactly one of the two, or the run fails. A failed shard retries
+alone. A reconciled day updates the `posts_clean` asset, which starts `retrain`.
 
 Backfill from the UI (Trigger → Backfill) or `airflow backfill create --dag-id posts_etl
 --from-date 2026-11-01 --to-date 2026-11-03`: each run reads its own day; re-running a day
@@ -67,9 +67,7 @@ def posts_etl():
 
         from ml.ingest.shards import validate_shard
 
-        return validate_shard(
-            task_settings(), window_of(context), shard["shard"], shard["shards"]
-        )
+        return validate_shard(task_settings(), window_of(context), shard["shard"], shard["shards"])
 
     @task
     def merge_posts(planned: list[dict], **context) -> dict:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -215,9 +215,7 @@ def clean(settings: Settings, window: Window, now: datetime | None = None) -> di
         # Raised inside both writers: neither partition is committed, so the day's previous
         # posts_clean (or none) stays what readers see.
         fail_if_errors(stats, ds)
-        report_uri = finish_day(
-            stats, results, window, raw_manifest["run_id"], clean_w, quar_w
-        )
+        report_uri = finish_day(stats, results, window, raw_manifest["run_id"], clean_w, quar_w)
         clean_w.precondition = quar_w.precondition = require_extract(
             lake, ds, raw_manifest["run_id"]
         )
@@ -308,9 +306,7 @@ def clean_into(
         for col in ("format", "width", "height", "exif_orientation"):
             name = col if col == "exif_orientation" else f"image_{col}"
             values = [getattr(images[p], col) for p in ok]
-            clean_t = clean_t.append_column(
-                name, pa.array(values, CLEAN_SCHEMA.field(name).type)
-            )
+            clean_t = clean_t.append_column(name, pa.array(values, CLEAN_SCHEMA.field(name).type))
         clean_w.write(clean_t)
         stats.clean += clean_t.num_rows
 

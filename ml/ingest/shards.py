@@ -127,7 +127,9 @@ def iter_range(
             groups = [
                 g
                 for g in range(pf.num_row_groups)
-                if _may_hold(pf.metadata.row_group(g), pf.schema_arrow.get_field_index("id"), lo, hi)
+                if _may_hold(
+                    pf.metadata.row_group(g), pf.schema_arrow.get_field_index("id"), lo, hi
+                )
             ]
             cols = None if columns is None else sorted(set(columns) | {"id"}, key=columns.index)
             for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=cols):
@@ -243,14 +245,13 @@ def merge(settings: Settings, window: Window, shards: int | None = None) -> dict
     missing = [i for i, (c, q) in enumerate(parts) if c is None or q is None]
     if missing:
         done = [lake.read_manifest(d, ds) or {} for d in (DATASET_CLEAN, DATASET_QUARANTINE)]
-        if all(m.get("raw_run_id") == run for m in done):  # merged by this run or a twin
+        # merged by this run's earlier try or a twin run of the same extract and shard count
+        if all(m.get("raw_run_id") == run and m.get("shards") == n for m in done):
             stats = CleanStats(raw["rows"], done[0]["rows"], Counter(done[1].get("reasons", {})))
             report = done[0].get("validation_report", "")
             return day_summary(lake, ds, stats, report, time.monotonic() - t0)
         others = sorted(set(_staged_extracts(lake, ds)) - {run})
-        message = (
-            f"{ds}: shards {missing} of {n} are not staged for extract {run} (posts_raw now)"
-        )
+        message = f"{ds}: shards {missing} of {n} are not staged for extract {run} (posts_raw now)"
         if others:
             raise StaleExtract(
                 f"{message}; staged shards belong to extract(s) {others}, not merged: "
@@ -274,8 +275,8 @@ def merge(settings: Settings, window: Window, shards: int | None = None) -> dict
         lake.writer(DATASET_CLEAN, ds, CLEAN_SCHEMA, DISTINCT_COLUMNS) as clean_w,
         lake.writer(DATASET_QUARANTINE, ds, QUARANTINE_SCHEMA, DISTINCT_COLUMNS) as quar_w,
     ):
-        for i, (c, q) in enumerate(parts):
-            for dataset, m, w in ((DATASET_CLEAN, c, clean_w), (DATASET_QUARANTINE, q, quar_w)):
+        for i in range(n):
+            for dataset, w in ((DATASET_CLEAN, clean_w), (DATASET_QUARANTINE, quar_w)):
                 for f in lake.partition_files(staging_dataset(ds, run, n, i, dataset), ds):
                     w.adopt(f, pq.read_metadata(f, filesystem=lake.fs).num_rows)
         report_uri = finish_day(stats, results, window, run, clean_w, quar_w)
@@ -317,7 +318,9 @@ def _raw_manifest(lake: Lake, ds: str) -> dict[str, Any]:
 
 
 def _staged_extracts(lake: Lake, ds: str) -> list[str]:
-    selector = pafs.FileSelector(posixpath.join(lake.base, STAGING, f"ds={ds}"), allow_not_found=True)
+    selector = pafs.FileSelector(
+        posixpath.join(lake.base, STAGING, f"ds={ds}"), allow_not_found=True
+    )
     names = [posixpath.basename(i.path) for i in lake.fs.get_file_info(selector)]
     return [n[len("raw=") :] for n in names if n.startswith("raw=")]
 

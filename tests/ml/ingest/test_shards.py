@@ -21,7 +21,7 @@ from ml.ingest.shards import (
     shard_bounds,
     validate_shard,
 )
-from ml.lake.partitions import Lake
+from ml.lake.partitions import Lake, LakeError
 from ml.lake.schema import DATASET_RAW, DISTINCT_COLUMNS, RAW_SCHEMA
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
@@ -78,7 +78,10 @@ def write_raw(settings: Settings, rows: list[dict]) -> str:
     """posts_raw/ds=DAY as the extract would commit it; its run id."""
     lake = Lake.from_settings(settings)
     table = pa.Table.from_pylist(
-        [{**r, **{k: r[k].replace(tzinfo=None) for k in ("created_at", "updated_at")}} for r in rows],
+        [
+            {**r, **{k: r[k].replace(tzinfo=None) for k in ("created_at", "updated_at")}}
+            for r in rows
+        ],
         RAW_SCHEMA,
     )
     with lake.writer(DATASET_RAW, WINDOW.ds, RAW_SCHEMA, DISTINCT_COLUMNS) as w:
@@ -130,7 +133,11 @@ def test_shard_bounds_split_rows_evenly_and_never_split_an_id():
     bounds = shard_bounds(ids, 3)
     assert bounds[0] is None and bounds[-1] is None and bounds[1:-1] == sorted(bounds[1:-1])
     members = [
-        [v for v in ids.to_pylist() if shards.in_range(pa.array([v], pa.int64()), lo, hi)[0].as_py()]
+        [
+            v
+            for v in ids.to_pylist()
+            if shards.in_range(pa.array([v], pa.int64()), lo, hi)[0].as_py()
+        ]
         for lo, hi in zip(bounds, bounds[1:], strict=False)
     ]
     assert sorted(map(str, sum(members, []))) == sorted(map(str, ids.to_pylist())), "each once"
@@ -155,14 +162,16 @@ def test_a_failed_shard_retries_alone(settings, monkeypatch):
 
     monkeypatch.setattr(shards, "clean_into", failing_once)
     validate_shard(settings, WINDOW, 0, 3, now=NOW)
-    with pytest.raises(OSError):
+    with pytest.raises(LakeError, match="not committed.*worker lost"):
         validate_shard(settings, WINDOW, 1, 3, now=NOW)
     validate_shard(settings, WINDOW, 2, 3, now=NOW)
     with pytest.raises(ShardsMissing, match=r"shards \[1\] of 3 are not staged"):
         merge(settings, WINDOW, 3)
     run = lake.read_manifest(DATASET_RAW, WINDOW.ds)["run_id"]
     staged = {
-        i: lake.read_manifest(shards.staging_dataset(WINDOW.ds, run, 3, i, "posts_clean"), WINDOW.ds)
+        i: lake.read_manifest(
+            shards.staging_dataset(WINDOW.ds, run, 3, i, "posts_clean"), WINDOW.ds
+        )
         for i in (0, 2)
     }
     validate_shard(settings, WINDOW, 1, 3, now=NOW)  # the retry: shard 1 only
@@ -172,6 +181,9 @@ def test_a_failed_shard_retries_alone(settings, monkeypatch):
     merge(settings, WINDOW, 3)
     assert day_of(settings) == expected
     assert len(calls) == 4
+    committed = lake.read_manifest("posts_clean", WINDOW.ds)["run_id"]
+    assert merge(settings, WINDOW, 3)["clean"] == len(expected[0]), "a merge retry: a no-op"
+    assert lake.read_manifest("posts_clean", WINDOW.ds)["run_id"] == committed
 
 
 def test_a_merge_refuses_shards_of_another_extract(settings):
