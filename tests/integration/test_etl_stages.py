@@ -380,6 +380,54 @@ def test_cli_prints_json_summary(settings, fresh_mysql_db):
     assert (summary["ds"], summary["rows_in"], summary["clean"]) == ("2026-11-20", 2, 2)
 
 
+def test_cli_sharded_day_on_s3(fresh_mysql_db, s3_server):
+    """`--step validate --shard i/N` and `--step merge` on an S3 lake (moto): the merge copies
+    the staged parts server-side into one manifest per partition and removes the staging."""
+    client = s3_server.client()
+    bucket = s3_server.bucket()
+    client.put_object(Bucket=bucket, Key="photos/1.jpg", Body=jpeg())
+    t = DAY + timedelta(hours=3)
+    insert(
+        fresh_mysql_db,
+        [row(i, t, image_uri="1.jpg" if i % 4 else "nope.jpg") for i in range(1, 13)],
+    )
+    env = {
+        **os.environ,
+        "POSTFLOW_CONFIG": "",
+        "POSTFLOW_MYSQL_URI": fresh_mysql_db.reader.uri(),
+        "POSTFLOW_LAKE": f"s3://{bucket}/lake",
+        "POSTFLOW_IMAGE_ROOT": f"s3://{bucket}/photos",
+        "POSTFLOW_S3_ENDPOINT": s3_server.endpoint,
+        "POSTFLOW_IMAGE_WORKERS": "1",
+        "POSTFLOW_EXTRACT_CHUNK_ROWS": "2",
+    }
+    day = ["--start", "2026-11-20"]
+    steps = [
+        ["--step", "extract"],
+        ["--step", "plan"],
+        ["--step", "validate", "--shard", "0/3"],
+        ["--step", "validate", "--shard", "2/3"],
+        ["--step", "validate", "--shard", "1/3"],
+        ["--step", "merge", "--shards", "3"],
+        ["--step", "reconcile"],
+    ]
+    outs = []
+    for step in steps:
+        out = run_etl_cli(env, *day, *step)
+        assert out.returncode == 0, (step, out.stderr)
+        outs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert outs[1]["shards"] == 1, "12 rows: one shard by default"
+    assert sum(o["rows_in"] for o in outs[2:5]) == 12
+    assert (outs[-1]["rows_in"], outs[-1]["clean"], outs[-1]["quarantined"]) == (12, 9, 3)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="lake/")["Contents"]}
+    staged = [k for k in keys if k.startswith("lake/_staging/") and not k.endswith("/")]
+    assert staged == [], "staging removed (folder markers aside)"
+    clean_parts = [k for k in keys if k.startswith("lake/posts_clean/") and k.endswith(".parquet")]
+    assert len(clean_parts) == 3
+    bad = run_etl_cli(env, *day, "--step", "validate", "--shard", "3/3")
+    assert bad.returncode == 2 and "0 <= i < N" in bad.stderr
+
+
 def test_cli_misconfigured_database_is_one_clear_line(tmp_path):
     env = {
         **os.environ,
