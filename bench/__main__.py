@@ -19,6 +19,7 @@ BENCHES = {
     "embed": "bench.bench_embed",
     "train": "bench.bench_train",
     "load": "bench.bench_load",
+    "scale": "bench.bench_scale",
 }
 
 

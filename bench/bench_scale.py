@@ -77,10 +77,11 @@ def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, float
     )
 
 
-def wait(procs: list[tuple]) -> tuple[float, int]:
-    """(wall seconds until the last ends, largest peak RSS in MiB) of processes run at once."""
+def wait(procs: list[tuple]) -> tuple[float, int, float]:
+    """(wall seconds until the last ends, largest peak RSS in MiB, CPU seconds of them all and
+    their photo-check workers) of processes run at once."""
     t_start = min(t for _, t, _ in procs)
-    peak = 0
+    peak, cpu = 0, 0.0
     for proc, _, err in procs:
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -88,10 +89,11 @@ def wait(procs: list[tuple]) -> tuple[float, int]:
             err.seek(0)
             raise RuntimeError(f"{proc.args[5:]} failed: {err.read().decode()[-2000:]}")
         peak = max(peak, usage.ru_maxrss // 1024)
-    return time.perf_counter() - t_start, peak
+        cpu += usage.ru_utime + usage.ru_stime
+    return time.perf_counter() - t_start, peak, cpu
 
 
-def step(env: dict[str, str], *runs: list[str]) -> tuple[float, int]:
+def step(env: dict[str, str], *runs: list[str]) -> tuple[float, int, float]:
     return wait([start(r, env) for r in runs])
 
 
@@ -144,7 +146,10 @@ def day(rows: int, args: argparse.Namespace) -> dict:
             if k.startswith("digest"):
                 print(f"  {k:<12} {v}", flush=True)
             else:
-                print(f"  {k:<12} {v[0]:8.1f}s {rows / v[0]:10,.0f} rows/s  peak {v[1]:5d} MiB")
+                print(
+                    f"  {k:<12} {v[0]:8.1f}s {rows / v[0]:10,.0f} rows/s  peak {v[1]:5d} MiB  "
+                    f"CPU {v[2]:8.1f}s"
+                )
         one_s = fig["validate_1"][0]
         two_s = fig["validate_2"][0] + fig["merge_2"][0]
         fig["speedup"] = one_s / two_s

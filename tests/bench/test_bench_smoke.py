@@ -18,6 +18,7 @@ TINY = {
     "bench_dag_parse": [],
     "bench_extract": ["--rows", "3000"],
     "bench_load": ["--rows", "2000"],
+    "bench_scale": ["--rows", "3000", "--real-every", "500"],
     "bench_images": ["--n", "4", "--captions", "200"],
     "bench_validate": ["--rows", "2000"],
     "bench_report": ["--posts-per-day", "40", "--weeks", "2"],
