@@ -142,3 +142,47 @@ def test_a_day_sharded_through_airflow_is_the_unsharded_day(airflow_env, demo, m
     unsharded = day()
     assert sharded == unsharded
     assert len(sharded[0]) > 100 and {r for _, r, _ in sharded[1]} >= {"image_corrupt"}
+
+
+def test_a_failed_shard_retries_alone_through_airflow(airflow_env, demo, monkeypatch):
+    """Shard 1 of 3 dies on its first try (a lost worker): Airflow retries that map index
+    alone, the merge waits for it, and the day is whole."""
+    from ml.ingest import shards
+
+    original, tries = shards.clean_into, []
+
+    def dies_once(batches, superseded, window, now, settings, clean_w, *rest):
+        tries.append(clean_w.dataset)
+        if "/shard=1/" in clean_w.dataset and sum("/shard=1/" in t for t in tries) == 1:
+            raise RuntimeError("worker lost")
+        return original(batches, superseded, window, now, settings, clean_w, *rest)
+
+    monkeypatch.setattr(shards, "clean_into", dies_once)
+    monkeypatch.setenv("POSTFLOW_VALIDATE_SHARDS", "3")
+    dag = load_dag("posts_etl", all_dags=True, check_import_errors=False)
+    for task in dag.tasks:
+        task.retry_delay = timedelta(0)
+        task.retry_exponential_backoff = False
+    run = run_posts_etl(DAY, dag)
+    assert str(run.state) == "success"
+    tries_of = {
+        (ti.task_id, ti.map_index): ti.try_number
+        for ti in run.get_task_instances()
+        if ti.task_id == "validate_posts"
+    }
+    assert tries_of == {
+        ("validate_posts", 0): 1,
+        ("validate_posts", 1): 2,
+        ("validate_posts", 2): 1,
+    }
+    assert sum("/shard=0/" in t for t in tries) == 1, "shard 0 was not redone"
+    settings, _ = demo
+    result = reconcile_of(settings)
+    assert result["rows_in"] == result["clean"] + result["quarantined"] > 0
+
+
+def reconcile_of(settings):
+    from ml.ingest.etl import Window, reconcile
+
+    start = datetime.combine(DAY, datetime.min.time(), UTC)
+    return reconcile(settings, Window(start, start + timedelta(days=1)))
