@@ -131,7 +131,7 @@ def iter_range(
                     pf.metadata.row_group(g), pf.schema_arrow.get_field_index("id"), lo, hi
                 )
             ]
-            cols = None if columns is None else sorted(set(columns) | {"id"}, key=columns.index)
+            cols = columns if columns is None or "id" in columns else ["id", *columns]
             for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=cols):
                 t = pa.Table.from_batches([batch])
                 t = t.filter(in_range(t.column("id"), lo, hi))

@@ -259,3 +259,20 @@ def test_shard_count_follows_the_setting_or_the_rows(settings):
 def test_the_unsharded_step_still_runs_alone(settings):
     write_raw(settings, raw_rows(20))
     assert etl.clean(settings, WINDOW, now=NOW)["rows_in"] == len(raw_rows(20))
+
+
+def test_an_empty_day_shards_and_merges(settings):
+    write_raw(settings, [])
+    merged = run_sharded(settings, 2)
+    assert (merged["rows_in"], merged["clean"], merged["quarantined"]) == (0, 0, 0)
+    assert reconcile(settings, WINDOW)["rows_in"] == 0
+
+
+def test_a_range_read_returns_its_rows_in_bounded_batches(settings):
+    write_raw(settings, raw_rows(40))
+    lake = Lake.from_settings(settings)
+    files = lake.partition_files(DATASET_RAW, WINDOW.ds)
+    batches = list(shards.iter_range(lake, files, 30, 90, 4, columns=["updated_at"]))
+    ids = [r["id"] for r in raw_rows(40) if 30 <= r["id"] < 90]
+    assert sum(b.num_rows for b in batches) == len(ids)
+    assert all(b.num_rows <= 4 for b in batches) and batches[0].column_names == ["updated_at"]
