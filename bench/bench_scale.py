@@ -98,6 +98,18 @@ def step(env: dict[str, str], *runs: list[str]) -> tuple[float, int, float]:
 
 
 def digest(lake_root: Path) -> dict:
+    """`digest_here` in a child process: the bench's own memory stays small, so the peak RSS of
+    the steps it starts later is theirs (a forked child starts at its parent's high-water mark)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_scale", "--digest", str(lake_root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {k: tuple(v) for k, v in json.loads(out.stdout).items()}
+
+
+def digest_here(lake_root: Path) -> dict:
     """Rows and a hash of posts_clean (every column, by id) and of quarantine's (id, reason)."""
     import pyarrow.compute as pc
 
@@ -182,7 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--user", default="root")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--digest", type=Path, help=argparse.SUPPRESS)  # digest's child
     args = parser.parse_args(argv)
+    if args.digest:
+        print(json.dumps(digest_here(args.digest)))
+        return {}
     print(
         f"posts_etl day, validate 1 vs 2 shards, chunk {args.chunk_rows:,}, 1 post in "
         f"{args.real_every} with a 1080 px photo, {os.cpu_count()} cores, "
