@@ -59,6 +59,9 @@ def _airflow_env() -> None:
         os.environ.setdefault(key, value)
     if os.environ["PYTHONWARNINGS"] == "ignore":
         warnings.simplefilter("ignore")
+        # Airflow turns its own deprecation warnings back on at import unless the interpreter
+        # was given warning options (`sys.warnoptions`, as `-W` or PYTHONWARNINGS at start set).
+        sys.warnoptions.append("ignore")
 
 
 def reader_account(admin):
