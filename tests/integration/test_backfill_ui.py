@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.lake import Lake
+from ml.lake.partitions import Lake
 from tests.conftest import REPO
 from tests.integration.test_backfill_api import (
     D1,

@@ -116,7 +116,7 @@ def test_make_demo_at_a_small_size(fresh_mysql_db, tmp_path):
     """posts_etl for two days, retrain, the weekly report mailed: exit 0, and the figures it
     prints are the lake's (every extracted post in posts_clean or quarantine, none twice)."""
     from ml.config import Settings
-    from ml.lake import Lake
+    from ml.lake.partitions import Lake
 
     state = tmp_path / "state"
     end = datetime.now(UTC).date()
