@@ -51,3 +51,15 @@ def test_mysql_tests_fail_in_ci_without_mariadb():
     assert out.returncode == 1, text[-3000:]
     assert "MariaDB/MySQL is not reachable" in text and "POSTFLOW_TEST_MYSQL_HOST" in text
     assert "skipped" not in text
+
+
+@pytest.mark.timeout(300)
+def test_demo_data_tests_honour_the_test_mysql_variables():
+    """tests/ml/demo/test_posts.py reads POSTFLOW_TEST_MYSQL_* (it had 127.0.0.1:3306 built in
+    and skipped all its tests when nothing answered there)."""
+    port = str(free_port())
+    out = _pytest("tests/ml/demo/test_posts.py", POSTFLOW_TEST_MYSQL_PORT=port)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text[-3000:]
+    assert f"not reachable at 127.0.0.1:{port}" in text and "POSTFLOW_TEST_MYSQL_HOST" in text
+    assert "skipped" not in text
