@@ -120,7 +120,11 @@ def mlflow_auth(s3_server, tmp_path):
         f"database_uri = sqlite:///{auth_dir}/basic_auth.db\nadmin_username = postflow\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password}
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,  # CSRF of the auth app's forms
+    }
     with start_mlflow_server(s3_server, ["--app-name", "basic-auth"], env) as server:
         server.wait()
         proxy = RecordingProxy(server.port)
