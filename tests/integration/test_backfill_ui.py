@@ -52,6 +52,7 @@ ARTIFACTS = REPO / ".postflow" / "test-artifacts"
 NO_RETRIES = "def task_policy(task):\n    task.retries = 0\n"
 OPEN_POPOVER = "[data-scope=popover][data-part=content][data-state=open]"
 TOOLTIP = "[data-scope=tooltip][data-part=content][data-state=open]"
+CLEAR_BUTTON = re.compile(r"^(Clear Task Instance|Press shift\+c to clear)$")
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +226,9 @@ def _select_revoked(db) -> Iterator[None]:
 def test_on_call_reads_the_failed_tasks_log_and_clears_it_in_the_ui(page, ui_stack, source):  # noqa: F811
     db, settings = source
     lake = Lake.from_settings(settings)
+    # posts_etl is live, as in production (the backfill test's dialog unpaused it too)
+    status, dag = ui_stack.call("PATCH", "/api/v2/dags/posts_etl", {"is_paused": False})
+    assert status == 200 and dag["is_paused"] is False, dag
     with _select_revoked(db):
         # a manual run with logical date D+1 reads the complete day D (as the nightly run)
         after_d4 = date.fromordinal(D4.toordinal() + 1)
@@ -248,9 +252,10 @@ def test_on_call_reads_the_failed_tasks_log_and_clears_it_in_the_ui(page, ui_sta
         text = page.inner_text("body")
         assert db.reader_user in text and db.reader.password not in text
     # the cause is gone (SELECT granted again): clear the task from the UI
-    page.get_by_role("button", name=re.compile("^Clear")).first.click()
+    # the task instance's Clear button (labelled by its tooltip while hotkeys are on)
+    page.get_by_role("button", name=CLEAR_BUTTON).first.click()
     confirm = page.get_by_role("dialog")
-    confirm.get_by_text("extract_posts").first.wait_for()
+    confirm.get_by_text("Clear Task Instance").first.wait_for()
     page.shots.take("clear-dialog")
     confirm.get_by_role("button", name=re.compile("Confirm")).click()
     page.goto(ui_stack.base + "/dags/posts_etl")
