@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from ml.lake.partitions import Lake
 from tests.conftest import REPO
@@ -256,8 +257,16 @@ def test_on_call_reads_the_failed_tasks_log_and_clears_it_in_the_ui(page, ui_sta
     page.get_by_role("button", name=CLEAR_BUTTON).first.click()
     confirm = page.get_by_role("dialog")
     confirm.get_by_text("Clear Task Instance").first.wait_for()
+    # the dialog lists what it will clear (its dry run): the task and, downstream, the two
+    # tasks that never ran; Confirm is live once that list is there
+    confirm.get_by_text("Affected Tasks: 3").wait_for()
+    button = confirm.get_by_role("button", name="Confirm")
+    expect(button).to_be_enabled()
+    page.wait_for_timeout(1000)  # the dialog's fade-in
     page.shots.take("clear-dialog")
-    confirm.get_by_role("button", name=re.compile("Confirm")).click()
+    button.click()
+    confirm.wait_for(state="hidden")
+    page.shots.take("cleared")
     page.goto(ui_stack.base + "/dags/posts_etl")
     _show_grid(page)
     runs = _wait_grid(page, ui_stack, [after_d4], "success")
