@@ -152,5 +152,8 @@ def test_make_demo_at_a_small_size(fresh_mysql_db, tmp_path):
         quarantined,
     )
     assert "model:       post-engagement" in output
+    # a newcomer's first screen: no third-party warnings, no MLflow download bars
+    noise = ("Warning", "[py.warnings]", "Downloading artifacts")
+    assert [ln for ln in output.splitlines() if any(n in ln for n in noise)] == []
     mails = list((state / "outbox").glob("*.eml"))
     assert len(mails) == 1 and b"Subject:" in mails[0].read_bytes()
