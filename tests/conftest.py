@@ -205,7 +205,7 @@ def retrain_environment(settings, mysql_db, mlflow_server, monkeypatch, **extra:
         "POSTFLOW_REGISTERED_MODEL": name,
         "POSTFLOW_IMAGE_WEIGHTS": "none",
         "POSTFLOW_DEVICE": "cpu",
-        "POSTFLOW_LABEL_AGE_DAYS": "0",  # demo comment counts are final at once
+        "POSTFLOW_LABEL_HORIZON_DAYS": "2",  # demo comment counts are final within 2 days
         "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

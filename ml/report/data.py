@@ -41,6 +41,7 @@ from ml.lake.partitions import code_version
 from ml.lake.schema import DATASET_CLEAN, DATASET_QUARANTINE, DATASET_RAW
 from ml.learn.bins import DEFAULT_EDGES
 from ml.learn.dataset import SPLITS, WindowSplit, build_split, split_features
+from ml.learn.labels import target_sentence
 from ml.learn.model import metrics_from_predictions
 from ml.learn.registry import connect, load_version
 from ml.report.drift import DRIFT_SAMPLE_ROWS, drift_section
@@ -130,7 +131,7 @@ def label_split(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> W
     window = training_window(settings, week)
     try:
         split = build_split(
-            lake, *window, edges, settings.label_age_days, labels_only_fallback=True
+            lake, *window, edges, settings.label_horizon_days, labels_only_fallback=True
         )
     except FileNotFoundError:
         return None
@@ -142,7 +143,8 @@ def labels_section(split: WindowSplit | None, settings: Any, week: Week, edges) 
     out: dict[str, Any] = {
         "window": list(window),
         "edges": list(edges),
-        "label_age_days": settings.label_age_days,
+        "label_horizon_days": settings.label_horizon_days,
+        "target": target_sentence(settings.label_horizon_days, edges),
         "rows": 0 if split is None else int(len(split.ids)),
         "with_features": bool(split and split.with_features),
         "without_features": 0 if split is None else split.missing_features,
@@ -314,7 +316,7 @@ def collect(
         notes.append(
             "No labelled posts in the training window "
             f"{training_window(settings, week)[0]} to {training_window(settings, week)[1]} "
-            f"(labels need {settings.label_age_days} days to settle)."
+            f"(a post is labelled {settings.label_horizon_days} days after it was posted)."
         )
     notes += eval_notes
     champion_out = None
@@ -344,6 +346,7 @@ def collect(
         "generated_at": now.isoformat(timespec="seconds"),
         "code_version": code_version(),
         "registered_model": settings.registered_model,
+        "target": target_sentence(settings.label_horizon_days, edges),
         "notes": notes,
         "flags": list(drift["flags"]),
         "quality": quality,

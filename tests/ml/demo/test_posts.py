@@ -234,8 +234,8 @@ def test_time_window_and_late_updates(demo):
 
 
 def _mature(r: dict) -> bool:
-    """Old enough at the window's end for the demo's label age: its count is final."""
-    return r["created_at"] <= WINDOW_END - timedelta(days=demo_data.DEMO_LABEL_AGE_DAYS)
+    """Old enough at the window's end for the demo's label horizon: its count is final."""
+    return r["created_at"] <= WINDOW_END - timedelta(days=demo_data.DEMO_LABEL_HORIZON_DAYS)
 
 
 def _fill(make_db, root: Path, **kw) -> tuple[str, dict]:
