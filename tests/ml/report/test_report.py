@@ -313,7 +313,7 @@ def make_settings(root: Path) -> Settings:
         {
             "lake": str(root / "lake"),
             "image_root": str(root / "images"),
-            "label_age_days": 0,
+            "label_horizon_days": 1,  # the last day's posts wait for their horizon
             "train_window_days": 14,
             "report_recipients": "ml-team@example.com; lead@example.com",
             "report_sender": "postflow@example.com",
