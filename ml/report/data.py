@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ml.lake.partitions import code_version
-from ml.lake.schema import DATASET_CLEAN, DATASET_QUARANTINE, DATASET_RAW
+from ml.lake.schema import DATASET_CLEAN, DATASET_QUARANTINE, DATASET_RAW, DATASET_SOURCE_CHECK
 from ml.learn.bins import DEFAULT_EDGES
 from ml.learn.dataset import SPLITS, WindowSplit, build_split, split_features
 from ml.learn.labels import target_sentence
@@ -102,7 +102,14 @@ def data_quality(lake: Any, week: Week) -> dict[str, Any]:
 
     ingested = total("ingested")
     quarantined = total("quarantined")
+    checks = []  # `ml.ingest.source_check`: did counts move without updated_at?
+    for ds in week.days:
+        m = lake.read_manifest(DATASET_SOURCE_CHECK, ds)
+        if m is not None and "held" in m:
+            keys = ("sampled", "unchanged", "silent_changes", "fraction", "held", "reason")
+            checks.append({"ds": ds} | {k: m.get(k) for k in keys})
     return {
+        "source_checks": checks,
         "days": days,
         "reasons": sorted(reasons_total, key=lambda k: (-reasons_total[k], k)),
         "totals": {
@@ -303,6 +310,13 @@ def collect(
     elif quality["totals"]["days_with_data"] < 7:
         missing = [d["ds"] for d in quality["days"] if d["status"] == "missing"]
         notes.append(f"No posts_etl data for {len(missing)} day(s): {', '.join(missing)}.")
+    for c in quality.get("source_checks", []):
+        if c["silent_changes"]:
+            notes.append(
+                f"Source check {c['ds']}: {c['silent_changes']} of {c['unchanged']} posts re-read "
+                "from MySQL changed comment_count without moving updated_at"
+                + (f"; the labels were held back ({c['reason']})." if c["held"] else ".")
+            )
     if week.end > now.date():
         notes.append(f"The week is not over yet ({now:%Y-%m-%d %H:%M} UTC): its data is partial.")
     if not versions:

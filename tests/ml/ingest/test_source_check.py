@@ -80,3 +80,41 @@ def test_the_sample_is_bounded_and_read_on_the_select_only_account(fresh_mysql_d
             pass
     finally:
         conn.close()
+
+
+def test_the_finding_is_in_the_reports_data_quality(tmp_path):
+    from ml.report.data import data_quality
+    from ml.weeks import Week
+
+    lake = Lake(str(tmp_path / "lake"))
+    finding = {
+        "id": 7,
+        "ds": DAY,
+        "lake_comment_count": 2,
+        "source_comment_count": 9,
+        "updated_at": T0.isoformat(),
+    }
+    result = {
+        "window": [DAY, DAY],
+        "sampled": 50,
+        "unchanged": 50,
+        "silent_changes": 1,
+        "fraction": 0.02,
+        "max_fraction": 0.01,
+        "held": True,
+        "reason": "1 of 50 re-read posts (2.0%) changed comment_count without moving updated_at",
+        "findings": [finding],
+    }
+    SC.write_result(lake, DAY, result)
+    q = data_quality(lake, Week.of(DAY))
+    assert q["source_checks"] == [
+        {
+            "ds": DAY,
+            "sampled": 50,
+            "unchanged": 50,
+            "silent_changes": 1,
+            "fraction": 0.02,
+            "held": True,
+            "reason": result["reason"],
+        }
+    ]
