@@ -412,7 +412,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "ml", "sklea
 @pytest.mark.integration
 def test_worse_challenger_is_rejected_and_the_champion_stays(world):
     s, lake = world["settings"], world["lake"]
-    data = DS.load_dataset(lake, START, END)
+    data = DS.load_dataset(lake, START, END, horizon_days=0)
     data.y = np.random.default_rng(1).permutation(data.y)  # labels unrelated to features
     result = T.run_training(data, M.TrainConfig(max_epochs=5, seed=0))
     run_id = R.log_training(result, s, ds=END, code_version="test")
@@ -452,14 +452,14 @@ def test_training_promotion_and_report_hold_out_the_same_test_posts(tmp_path):
     lake, X = _write_lake(tmp_path / "lake")
     week = report_data.Week.of(END)  # 2024-W15: Monday 04-08 to Sunday 04-14
     window = ("2024-04-01", week.last_day.isoformat())
-    settings = Settings(lake=lake.root, train_window_days=14)
+    settings = Settings(lake=lake.root, train_window_days=14, label_horizon_days=0)
     assert report_data.training_window(settings, week) == window
 
     result = T.run_training(
-        DS.load_dataset(lake, *window, DEFAULT_EDGES, 7), M.TrainConfig(max_epochs=1)
+        DS.load_dataset(lake, *window, DEFAULT_EDGES, 0), M.TrainConfig(max_epochs=1)
     )
     trained_on_test = result.data.post_ids[result.data.part("test")]
-    gate = P.heldout_split(lake, *window, DEFAULT_EDGES, 7)
+    gate = P.heldout_split(lake, *window, DEFAULT_EDGES, 0)
     split = report_data.label_split(lake, settings, week, DEFAULT_EDGES)
     report_test, report_y, missing = report_data.test_features(lake, split)
 
