@@ -66,6 +66,7 @@ def test_retrain_embeds_trains_registers_and_gates(retrain_env):
         "plan_retrain",
         "embed_posts",
         "merge_features",
+        "check_source",
         "train_model",
         "promote_model",
     }
@@ -81,6 +82,10 @@ def test_retrain_embeds_trains_registers_and_gates(retrain_env):
         assert summary["computed"] == feats["rows"] and summary["image_model"].startswith(
             "resnet50:random"
         )
+
+    # the source check re-read the window's posts from MySQL: updated_at moved with every count
+    check = lake.read_manifest("source_check", days[-1])
+    assert check["sampled"] > 0 and check["silent_changes"] == 0 and not check["held"]
 
     client = mlflow.MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
     name = settings.registered_model

@@ -93,7 +93,7 @@ def world(airflow_db, s3_server, mlflow_server, tmp_path_factory):
         "POSTFLOW_MLFLOW_URI": mlflow_server.uri,
         "POSTFLOW_MLFLOW_EXPERIMENT": f"report-{tag}",
         "POSTFLOW_REGISTERED_MODEL": f"report-{tag}",
-        "POSTFLOW_LABEL_HORIZON_DAYS": "2",
+        "POSTFLOW_LABEL_HORIZON_DAYS": "1",
         "POSTFLOW_TRAIN_WINDOW_DAYS": "7",
         "POSTFLOW_REPORT_RECIPIENTS": "ml-team@example.com, lead@example.com",
         "POSTFLOW_REPORT_SENDER": "postflow@example.com",
