@@ -205,7 +205,7 @@ def retrain_environment(settings, mysql_db, mlflow_server, monkeypatch, **extra:
         "POSTFLOW_REGISTERED_MODEL": name,
         "POSTFLOW_IMAGE_WEIGHTS": "none",
         "POSTFLOW_DEVICE": "cpu",
-        # two days of demo posts: the first day's reach a 1-day horizon within them
+        # demo posts over a few days: all but the last day's reach a 1-day horizon within them
         "POSTFLOW_LABEL_HORIZON_DAYS": "1",
         "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",

@@ -166,7 +166,9 @@ def test_run_training_splits_trains_and_scores_all_three():
 # -- dataset from the lake ----------------------------------------------------------------------
 
 
-def test_load_dataset_labels_at_the_horizon_with_the_features_as_posted(tmp_path, monkeypatch, capsys):
+def test_load_dataset_labels_at_the_horizon_with_the_features_as_posted(
+    tmp_path, monkeypatch, capsys
+):
     from ml.lake.partitions import Lake
 
     lake = Lake(str(tmp_path / "lake"))
