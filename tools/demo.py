@@ -182,7 +182,9 @@ def _print_model(settings, bayes: float | None) -> None:
     name = settings.registered_model
     latest = client.get_model_version_by_alias(name, "challenger")
     champion = client.get_model_version_by_alias(name, "champion")
-    m = client.get_run(latest.run_id).data.metrics
+    run = client.get_run(latest.run_id).data
+    m = run.metrics
+    print(f"target:      {run.params.get('target', '(not recorded)')}")
     print(
         f"model:       {name} v{latest.version} ({latest.tags.get('postflow.promotion')}: "
         f"{latest.tags.get('postflow.decision_reason')}); champion is v{champion.version}"
