@@ -104,14 +104,14 @@ def world(airflow_db, s3_server, mlflow_server, tmp_path_factory):
         for k, v in env.items():
             mp.setenv(k, v)
         settings = Settings.load()
-        demo_days(settings.replace(mysql_uri=db.admin.uri()), DAYS, posts=540, seed=5)
+        demo_days(settings.replace(mysql_uri=db.admin.uri()), DAYS, posts=900, seed=5)
         etl_days(DAYS)
         lake = Lake.from_settings(settings)
         for i, day in enumerate(DAYS):
             write_features(lake, str(day), seed=10 + i)
         d1, d2, d3 = (str(d) for d in DAYS)
         runs = []
-        for start, end, epochs in ((d1, d2, "3"), (d1, d3, "30")):
+        for start, end, epochs in ((d1, d2, "30"), (d1, d3, "30")):
             trained = cli_json(
                 T.main,
                 [
@@ -260,7 +260,8 @@ def test_weekly_report_dag_archives_emails_and_logs(world, smtp_server, s3_serve
     assert q["totals"]["quarantined"] == ingested - clean > 0
     decisions = [r["decision"] for r in world["runs"]]
     champion = "2" if decisions[1]["promoted"] else "1"
-    assert decisions[0]["promoted"] and data["champion"]["version"] == champion
+    assert decisions[0]["promoted"], decisions[0]["reason"]
+    assert data["champion"]["version"] == champion
     assert [v["version"] for v in data["history"]["versions"]] == ["1", "2"]
     assert [d["version"] for d in data["decisions"]] == ["1", "2"]
     assert data["decisions"][1]["challenger_macro_f1"] == pytest.approx(
