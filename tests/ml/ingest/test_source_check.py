@@ -118,3 +118,19 @@ def test_the_finding_is_in_the_reports_data_quality(tmp_path):
             "reason": result["reason"],
         }
     ]
+
+
+def test_train_refuses_a_window_whose_labels_are_held_back_and_says_why(
+    tmp_path, monkeypatch, capsys
+):
+    from ml.learn import train as T
+
+    lake = Lake(str(tmp_path / "lake"))
+    reason = "5 of 180 re-read posts (2.8%) changed comment_count without moving updated_at"
+    result = {"sampled": 200, "unchanged": 180, "silent_changes": 5, "fraction": 0.028}
+    SC.write_result(lake, DAY, result | {"held": True, "reason": reason, "findings": []})
+    monkeypatch.setenv("POSTFLOW_LAKE", lake.root)
+    monkeypatch.setenv("POSTFLOW_CONFIG", "")
+    assert T.main(["--start", DAY, "--end", DAY, "--no-mlflow"]) == 3
+    err = capsys.readouterr().err
+    assert "held back" in err and reason in err
