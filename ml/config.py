@@ -81,7 +81,17 @@ class Settings:
     bin_edges: str = "0,1,3,10,30,100,300,600"
     # training data
     train_window_days: int = 28
-    label_age_days: int = 7
+    # the target: comment_count this many days after created_at (ml.learn.labels); a model on
+    # another horizon is never compared with one on this (a re-baselining, see `rebaseline`)
+    label_horizon_days: int = 7
+    # a challenger on other bin edges, horizon or encoders than the champion's is refused unless
+    # this is true: then it is judged as a first model, and the version says so
+    rebaseline: bool = False
+    # the label's assumption (updated_at moves whenever comment_count does), re-read from MySQL
+    # each night (ml.ingest.source_check): posts sampled, and the share of them whose count moved
+    # without updated_at above which the window's labels are held back
+    source_check_sample: int = 500
+    source_check_max_fraction: float = 0.01
     # embedding: imagenet (torchvision cache) | none (random init, tests/demo) | /path/to/weights
     image_weights: str = "imagenet"
     text_model: str = ""  # sentence-transformers dir; "" = the packaged all-MiniLM-L6-v2
@@ -110,6 +120,9 @@ class Settings:
     report_weeks: int = 12
     report_link_expiry_s: int = 7 * 24 * 3600
     drift_psi_threshold: float = 0.2
+    # drift alarms only with this many rows on each side, and above the PSI that resampling the
+    # reference against itself at the same sizes reaches (its noise floor)
+    drift_min_sample: int = 200
     # failure notifications (comma-separated; "" = report_recipients)
     alert_recipients: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

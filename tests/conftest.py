@@ -206,7 +206,8 @@ def retrain_environment(settings, mysql_db, mlflow_server, monkeypatch, **extra:
         "POSTFLOW_REGISTERED_MODEL": name,
         "POSTFLOW_IMAGE_WEIGHTS": "none",
         "POSTFLOW_DEVICE": "cpu",
-        "POSTFLOW_LABEL_AGE_DAYS": "0",  # demo comment counts are final at once
+        # demo posts over a few days: all but the last day's reach a 1-day horizon within them
+        "POSTFLOW_LABEL_HORIZON_DAYS": "1",
         "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -69,25 +69,40 @@ def paired_bootstrap(
     samples: int = 1000,
     confidence: float = 0.9,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Bootstrap:
     """Percentile intervals (two-sided, `confidence`) of the challenger's macro-F1, the
-    champion's, and their difference, over `samples` resamples of the rows (seeded)."""
+    champion's, and their difference, over `samples` resamples (seeded) of the `groups` (the
+    split's group keys: reposts of one photo are one group, drawn or left out together, since
+    they are not independent evidence; without `groups` each row is its own)."""
     y = np.asarray(y, np.int64)
-    n, k = len(y), n_classes
+    k = n_classes
     rng = np.random.default_rng(seed)
+    if groups is None:
+        gid = np.arange(len(y))
+    else:
+        _, gid = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups = int(gid.max()) + 1 if len(gid) else 0
     preds = [np.asarray(challenger_pred, np.int64)]
     if champion_pred is not None:
         preds.append(np.asarray(champion_pred, np.int64))
-    codes = [y * k + p for p in preds]
+    # each group's confusion counts (G x k*k): a resample adds up the groups it drew
+    per_group = [
+        np.bincount(gid * k * k + y * k + p, minlength=n_groups * k * k)
+        .reshape(n_groups, k * k)
+        .astype(np.float64)
+        for p in preds
+    ]
     f1s: list[list[np.ndarray]] = [[] for _ in preds]
-    block = max(1, 2_000_000 // max(n, 1))  # resamples per vectorised step: bounded memory
+    block = max(1, 2_000_000 // max(n_groups, 1))  # resamples per vectorised step: bounded memory
     for start in range(0, samples, block):
         m = min(block, samples - start)
-        idx = rng.integers(0, n, size=(m, n))
-        offset = (np.arange(m) * k * k)[:, None]
-        for j, c in enumerate(codes):
-            counts = np.bincount((c[idx] + offset).ravel(), minlength=m * k * k)
-            f1s[j].append(macro_f1_of_counts(counts.reshape(m, k, k)))
+        idx = rng.integers(0, n_groups, size=(m, n_groups))
+        offset = (np.arange(m) * n_groups)[:, None]
+        drawn = np.bincount((idx + offset).ravel(), minlength=m * n_groups)
+        weights = drawn.reshape(m, n_groups).astype(np.float64)  # times each group was drawn
+        for j, c in enumerate(per_group):
+            f1s[j].append(macro_f1_of_counts((weights @ c).reshape(m, k, k)))
     alpha = (1.0 - confidence) / 2
 
     def interval(v: np.ndarray) -> Interval:
@@ -120,6 +135,7 @@ class PromotionDecision:
     window_end: str | None = None
     champion_window_end: str | None = None
     family: str | None = None
+    rebaseline: bool = False  # compared with no champion: a declared new baseline
 
     def to_dict(self) -> dict[str, Any]:
         """As plain JSON values (NaN as None)."""
@@ -149,6 +165,7 @@ def decide(
     window_end: str | None = None,
     champion_window_end: str | None = None,
     rebaseline: str = "",
+    incomparable: str = "",
     family: str | None = None,
 ) -> PromotionDecision:
     """The gate, on metrics of both models computed on the same test rows. Every failed rule
@@ -158,8 +175,10 @@ def decide(
        model included: a model worse than a linear fit on the same features is not served;
     3. recency: its data must not end before the champion's (`window_end`): a backfill of old
        days trains a model on an old window, which never replaces a newer one;
-    4. against the champion, unless the bin edges changed (`rebaseline`: judged as a first
-       model): with a `bootstrap`, the interval of (challenger - champion) macro-F1 must lie
+    4. against the champion: a champion of another target or encoders (`incomparable`, the
+       difference) refuses the challenger, unless the change is declared a re-baselining
+       (`rebaseline`, from POSTFLOW_REBASELINE: judged as a first model); with a `bootstrap`,
+       the interval of (challenger - champion) macro-F1 must lie
        above `margin` (a lucky draw of a few hundred posts does not move the champion);
        without one, the point estimate must reach champion + `margin` (a tie passes at 0);
     5. no class whose recall falls by more than `max_recall_drop` (absolute) from the
@@ -186,6 +205,8 @@ def decide(
             f"trained on data up to {window_end}, older than champion v{champion_version}'s "
             f"{champion_window_end} (a backfill never replaces a newer model)"
         )
+    if incomparable:
+        failures.append(incomparable)
     improvement = bootstrap.improvement if bootstrap else None
     if champion_metrics is not None and _finite(c_f1):
         if improvement is not None:
@@ -242,6 +263,7 @@ def decide(
         window_end=window_end,
         champion_window_end=champion_window_end,
         family=family,
+        rebaseline=bool(rebaseline),
     )
 
 
@@ -254,12 +276,15 @@ def _predict(model: Any, X: np.ndarray, n_rows: int) -> np.ndarray:
 
 @dataclass
 class RunFacts:
-    """What the gate needs from a version's training run."""
+    """What the gate needs from a version's training run, and what the model is made of."""
 
     edges: tuple[int, ...] | None
     window_end: str | None
     family: str
     logistic_test_macro_f1: float | None
+    horizon_days: int | None = None
+    image_model: str | None = None
+    text_model: str | None = None
 
     @classmethod
     def of(cls, client: Any, run_id: str | None) -> RunFacts:
@@ -267,12 +292,55 @@ class RunFacts:
             return cls(None, None, "mlp", None)
         data = client.get_run(run_id).data
         raw = data.params.get("edges")
+        horizon = data.params.get("label_horizon_days")
         return cls(
             edges=tuple(json.loads(raw)) if raw else None,
             window_end=data.params.get("window_end"),
             family=data.params.get("family", "mlp"),
             logistic_test_macro_f1=data.metrics.get("logistic_test_macro_f1"),
+            horizon_days=int(horizon) if horizon is not None else None,
+            image_model=data.params.get("image_model"),
+            text_model=data.params.get("text_model"),
         )
+
+    def differences(self, other: RunFacts) -> list[str]:
+        """What makes two models incomparable: another target (bin edges, label horizon) or
+        another feature space (image weights, text model); unknown (a run from before these
+        were recorded) counts as different."""
+        out = []
+        for what, a, b in (
+            ("bin edges", self.edges, other.edges),
+            ("label horizon (days)", self.horizon_days, other.horizon_days),
+            ("image model", self.image_model, other.image_model),
+            ("text model", self.text_model, other.text_model),
+        ):
+            if a is None or b is None or a != b:
+                show = [list(x) if isinstance(x, tuple) else x for x in (a, b)]
+                out.append(f"{what} {show[0]} vs {show[1]}")
+        return out
+
+
+def lineage_check(
+    facts: RunFacts, champion: RunFacts, champion_version: int, rebaseline: bool
+) -> tuple[str, str]:
+    """(re-baselining reason, refusal reason), at most one non-empty: a champion of another
+    target or encoders is compared with no challenger; the change is a re-baselining only when
+    declared (POSTFLOW_REBASELINE), else the challenger is refused with the difference."""
+    diffs = facts.differences(champion)
+    if not diffs:
+        return "", ""
+    what = f"{', '.join(diffs)} (challenger vs champion v{champion_version})"
+    if rebaseline:
+        return (
+            f"re-baselining (POSTFLOW_REBASELINE=true): {what}, so the two are not compared "
+            "and the challenger is judged as a first model",
+            "",
+        )
+    return "", (
+        f"not comparable with champion v{champion_version}: {what}; the gate compares only "
+        "models of one target and one pair of encoders (set POSTFLOW_REBASELINE=true to start a "
+        "new baseline)"
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -300,6 +368,7 @@ def _record(client: Any, settings: Any, mv: Any, decision: PromotionDecision) ->
         "postflow.improvement_ci": ci(d.improvement_ci),
         "postflow.confidence": "" if d.confidence is None else str(d.confidence),
         "postflow.family": d.family or "",
+        "postflow.rebaseline": "true" if d.rebaseline else "false",
         "postflow.decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     for key, value in tags.items():
@@ -335,10 +404,12 @@ def promote_on(
     X_test: np.ndarray,
     y_test: np.ndarray,
     n_classes: int | None = None,
+    groups: np.ndarray | None = None,
 ) -> PromotionDecision:
     """Score `version` and the current champion on (X_test, y_test), decide, record the
     decision on the version and its run, and only then move `champion` (an alias never points
-    at a version without its decision tags)."""
+    at a version without its decision tags). `groups` (each row's split group) are what the
+    bootstrap resamples."""
     client = connect(settings)
     name = settings.registered_model
     mv = resolve_version(client, settings, version)
@@ -371,17 +442,15 @@ def promote_on(
         _record(client, settings, mv, decision)
         return decision
 
-    h_metrics, h_pred, rebaseline, champ_version, champ_facts = None, None, "", None, None
+    h_metrics, h_pred, champ_version, champ_facts = None, None, None, None
+    rebaseline, incomparable = "", ""
     if champ is not None:
         champ_version = int(champ.version)
         champ_facts = RunFacts.of(client, champ.run_id)
-        if facts.edges and champ_facts.edges and champ_facts.edges != facts.edges:
-            rebaseline = (
-                f"re-baselining: bin edges {list(facts.edges)} differ from champion "
-                f"v{champ_version}'s {list(champ_facts.edges)}, so the two are not compared and "
-                "the challenger is judged as a first model"
-            )
-        else:
+        rebaseline, incomparable = lineage_check(
+            facts, champ_facts, champ_version, settings.rebaseline
+        )
+        if not rebaseline and not incomparable:
             h_pred = _predict(load_version(name, champ_version), X_test, len(y_test))
             h_metrics = metrics_from_predictions(y_test, h_pred, k)
     boot = paired_bootstrap(
@@ -391,6 +460,7 @@ def promote_on(
         k,
         samples=settings.bootstrap_samples,
         confidence=settings.promotion_confidence,
+        groups=groups,
     )
     decision = decide(
         c_metrics,
@@ -403,6 +473,7 @@ def promote_on(
         bootstrap=boot,
         champion_window_end=champ_facts.window_end if champ_facts else None,
         rebaseline=rebaseline,
+        incomparable=incomparable,
         **gate,
     )
     _record(client, settings, mv, decision)
@@ -419,22 +490,22 @@ def promote_on(
 
 
 def heldout_split(
-    lake: Any, start: str, end: str, edges: Sequence[int], label_age_days: int
+    lake: Any, start: str, end: str, edges: Sequence[int], horizon_days: int
 ) -> TrainingData:
     """Features and labels of the window's test split: the posts `ml.learn.train` held out."""
-    return load_dataset(lake, start, end, edges, label_age_days, splits=("test",))
+    return load_dataset(lake, start, end, edges, horizon_days, splits=("test",))
 
 
 def promote(settings: Any, lake: Any, version: int | str, start: str, end: str):
     """`promote_on` the test split of the window start..end, built with the bin edges and label
-    age that the challenger's run recorded (so both models are scored on the same labels)."""
+    horizon that the challenger's run recorded (so both models are scored on the same labels)."""
     client = connect(settings)
     mv = resolve_version(client, settings, version)
     params = client.get_run(mv.run_id).data.params if mv.run_id else {}
     edges = tuple(json.loads(params["edges"])) if "edges" in params else settings.edges
-    age = int(params.get("label_age_days", settings.label_age_days))
-    test = heldout_split(lake, start, end, edges, age)
-    return promote_on(settings, int(mv.version), test.X, test.y, len(edges))
+    horizon = int(params.get("label_horizon_days", settings.label_horizon_days))
+    test = heldout_split(lake, start, end, edges, horizon)
+    return promote_on(settings, int(mv.version), test.X, test.y, len(edges), test.group)
 
 
 # -- CLI: python -m ml promote ------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_no_password_appears_in_logs_xcoms_mlflow_lake_or_email(
         "MLFLOW_TRACKING_PASSWORD": secrets["mlflow"],
         "POSTFLOW_MLFLOW_EXPERIMENT": f"secrets-{tag}",
         "POSTFLOW_REGISTERED_MODEL": f"secrets-{tag}",
-        "POSTFLOW_LABEL_AGE_DAYS": "0",
+        "POSTFLOW_LABEL_HORIZON_DAYS": "1",
         "POSTFLOW_TRAIN_WINDOW_DAYS": "7",
         "POSTFLOW_REPORT_RECIPIENTS": "ml-team@example.com",
     }

@@ -245,8 +245,12 @@ def test_time_window_and_late_updates(demo):
 
 
 def _mature(r: dict) -> bool:
-    """Old enough at the window's end for the demo's label age: its count is final."""
-    return r["created_at"] <= WINDOW_END - timedelta(days=demo_data.DEMO_LABEL_AGE_DAYS)
+    """Labelled at the window's end under the demo's horizon (as `ml.learn.labels` labels it):
+    created in the window, its horizon passed, and its count set by then (a post first updated
+    after its horizon has no count at it)."""
+    h = timedelta(days=demo_data.DEMO_LABEL_HORIZON_DAYS)
+    start = WINDOW_END - timedelta(days=DAYS)
+    return start <= r["created_at"] <= WINDOW_END - h and r["updated_at"] <= r["created_at"] + h
 
 
 def _fill(make_db, root: Path, **kw) -> tuple[str, dict]:

@@ -126,15 +126,15 @@ N_POSTS = 600
 
 
 def _write_lake(root) -> tuple[object, np.ndarray]:
-    """posts_clean + features for N_POSTS old posts over two days; features carry the class
-    (tools.synthetic, as in test_train). Returns (lake, features by post)."""
+    """posts_clean + features for N_POSTS posts over two days, each created and counted on its
+    day (labelled at horizon 0); features carry the class (tools.synthetic, as in test_train).
+    Returns (lake, features by post)."""
     from ml.lake.partitions import Lake
 
     X, y = class_features(N_POSTS, sep=1.5, dtype=np.float16)
     X = X.astype(np.float32)  # as stored in the lake
     ids = np.arange(1, N_POSTS + 1) * 7 + 3
     lake = Lake(str(root))
-    old = datetime(2024, 3, 1)
     for ds, sl in ((START, slice(0, N_POSTS // 2)), (END, slice(N_POSTS // 2, N_POSTS))):
         n = len(ids[sl])
         rows = {
@@ -144,8 +144,8 @@ def _write_lake(root) -> tuple[object, np.ndarray]:
             "image_uri": ["x"] * n,
             "hearts": [3] * n,
             "comment_count": np.asarray(DEFAULT_EDGES)[y[sl]] + 0,
-            "created_at": [old] * n,
-            "updated_at": [old] * n,
+            "created_at": [datetime.fromisoformat(ds)] * n,
+            "updated_at": [datetime.fromisoformat(ds)] * n,
         }
         write_posts_clean(lake, ds, rows)
         write_features(lake, ds, ids[sl], X[sl])
@@ -176,6 +176,7 @@ def world(_world_cache, mlflow_server, tmp_path_factory, capsys):
         "POSTFLOW_MLFLOW_URI": mlflow_server.uri,
         "POSTFLOW_MLFLOW_EXPERIMENT": f"post-engagement-{tag}",
         "POSTFLOW_REGISTERED_MODEL": f"post-engagement-{tag}",
+        "POSTFLOW_LABEL_HORIZON_DAYS": "0",
     }
     out_dir = tmp / "model"
     with pytest.MonkeyPatch.context() as mp:
@@ -215,8 +216,18 @@ def test_train_logs_a_complete_run(world):
     )
     p, mt, tags = run.data.params, run.data.metrics, run.data.tags
     assert p["window_start"] == START and json.loads(p["edges"]) == list(DEFAULT_EDGES)
-    assert p["n_classes"] == "8" and p["label_age_days"] == "7" and p["seed"] == "0"
+    assert p["n_classes"] == "8" and p["label_horizon_days"] == "0" and p["seed"] == "0"
     assert json.loads(p["image_models"]) == ["resnet50:random-seed0"]
+    # what the model is made of, on the run and its version (the gate compares only like ones)
+    assert (
+        p["image_model"] == "resnet50:random-seed0"
+        and p["text_model"] == json.loads(p["text_models"])[0]
+    )
+    target = "comments within 0 days of posting, 8 bins: 0, 1-2, 3-9, 10-29, 30-99, 100-299"
+    assert p["target"].startswith(target) and tags["postflow.target"] == p["target"]
+    mv = client.get_model_version(s.registered_model, str(trained["version"]))
+    assert mv.tags["postflow.image_model"] == "resnet50:random-seed0"
+    assert mv.tags["postflow.label_horizon_days"] == "0"
     for key in ("pca_dim", "hidden", "dropout", "lr", "weight_decay", "batch_size", "patience"):
         assert key in p
     for model in R.MODELS:
@@ -401,7 +412,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "ml", "sklea
 @pytest.mark.integration
 def test_worse_challenger_is_rejected_and_the_champion_stays(world):
     s, lake = world["settings"], world["lake"]
-    data = DS.load_dataset(lake, START, END)
+    data = DS.load_dataset(lake, START, END, horizon_days=0)
     data.y = np.random.default_rng(1).permutation(data.y)  # labels unrelated to features
     result = T.run_training(data, M.TrainConfig(max_epochs=5, seed=0))
     run_id = R.log_training(result, s, ds=END, code_version="test")
@@ -441,14 +452,14 @@ def test_training_promotion_and_report_hold_out_the_same_test_posts(tmp_path):
     lake, X = _write_lake(tmp_path / "lake")
     week = report_data.Week.of(END)  # 2024-W15: Monday 04-08 to Sunday 04-14
     window = ("2024-04-01", week.last_day.isoformat())
-    settings = Settings(lake=lake.root, train_window_days=14)
+    settings = Settings(lake=lake.root, train_window_days=14, label_horizon_days=0)
     assert report_data.training_window(settings, week) == window
 
     result = T.run_training(
-        DS.load_dataset(lake, *window, DEFAULT_EDGES, 7), M.TrainConfig(max_epochs=1)
+        DS.load_dataset(lake, *window, DEFAULT_EDGES, 0), M.TrainConfig(max_epochs=1)
     )
     trained_on_test = result.data.post_ids[result.data.part("test")]
-    gate = P.heldout_split(lake, *window, DEFAULT_EDGES, 7)
+    gate = P.heldout_split(lake, *window, DEFAULT_EDGES, 0)
     split = report_data.label_split(lake, settings, week, DEFAULT_EDGES)
     report_test, report_y, missing = report_data.test_features(lake, split)
 
@@ -481,3 +492,60 @@ def test_versions_registered_before_ml_serving_still_load(tmp_path):
     served = PostEngagementModel()
     served.load_context(SimpleNamespace(artifacts={"model_dir": str(path)}))
     np.testing.assert_array_equal(served.predict(None, X[200:]), model.predict_proba(X[200:]))
+
+
+def test_the_bootstrap_resamples_repost_groups_not_posts():
+    """A challenger equal to the champion except on one photo reposted 60 times, which it gets
+    right: 60 posts, but one piece of evidence. Resampling posts calls the gain credible;
+    resampling groups (the split's group keys) does not. Planted defect (groups ignored): the
+    lucky challenger is promoted."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 8, 360)
+    champ_pred = np.where(rng.random(360) < 0.5, y, (y + 1) % 8)
+    pred = champ_pred.copy()
+    pred[:60] = y[:60]
+    champ_pred[:60] = (y[:60] + 1) % 8
+    groups = np.array(["photo:a"] * 60 + [f"post:{i}" for i in range(60, 360)], dtype=object)
+    c, h = M.metrics_from_predictions(y, pred, 8), M.metrics_from_predictions(y, champ_pred, 8)
+    by_post = P.paired_bootstrap(y, pred, champ_pred, 8, samples=400)
+    assert P.decide(c, h, bootstrap=by_post).promoted  # what resampling posts concluded
+    by_group = P.paired_bootstrap(y, pred, champ_pred, 8, samples=400, groups=groups)
+    d = P.decide(c, h, bootstrap=by_group, champion_version=1)
+    assert not d.promoted and "no credible improvement" in d.reason
+    assert by_group.improvement.low <= 0.0 < by_post.improvement.low
+
+
+def _facts(**kw):
+    base = {
+        "edges": (0, 1, 3),
+        "window_end": "2026-11-20",
+        "family": "mlp",
+        "logistic_test_macro_f1": None,
+        "horizon_days": 7,
+        "image_model": "resnet50:file-w.pth-0123456789ab",
+        "text_model": "all-MiniLM-L6-v2",
+    }
+    return P.RunFacts(**(base | kw))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"edges": (0, 2, 5)}, "bin edges [0, 2, 5] vs [0, 1, 3]"),
+        ({"horizon_days": 3}, "label horizon (days) 3 vs 7"),
+        ({"image_model": "resnet50:file-w.pth-ffffffffffff"}, "image model"),
+        ({"text_model": "other-minilm"}, "text model"),
+        ({"horizon_days": None}, "label horizon (days) None vs 7"),  # a run from before
+    ],
+)
+def test_a_challenger_of_another_target_or_encoders_is_refused_unless_rebaselining(change, named):
+    champ = _facts()
+    assert P.lineage_check(_facts(), champ, 4, rebaseline=False) == ("", "")
+    rebase, refused = P.lineage_check(_facts(**change), champ, 4, rebaseline=False)
+    assert not rebase and named in refused and "POSTFLOW_REBASELINE=true" in refused
+    d = P.decide(m(0.9, 0.9, 0.9), None, incomparable=refused, champion_version=4)
+    assert not d.promoted and "not comparable with champion v4" in d.reason and not d.rebaseline
+    rebase, refused = P.lineage_check(_facts(**change), champ, 4, rebaseline=True)
+    assert not refused and named in rebase
+    d = P.decide(m(0.9, 0.9, 0.9), None, rebaseline=rebase, champion_version=4)
+    assert d.promoted and d.rebaseline and d.reason.startswith("re-baselining")
