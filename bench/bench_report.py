@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from tests.ml.test_report import write_synthetic_days
+    from tests.ml.report.test_report import write_synthetic_days
 
     from ml.config import Settings
     from ml.lake.partitions import Lake

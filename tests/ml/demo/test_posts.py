@@ -474,7 +474,7 @@ def test_image_store_reads_back_what_it_writes(where, tmp_path, request):
 
 
 def test_unsupported_image_root_is_a_clear_error(make_db, capsys, monkeypatch):
-    with pytest.raises(demo_data.DemoDataError, match="unsupported image root 'http://cdn/x'"):
+    with pytest.raises(seed.DemoDataError, match="unsupported image root 'http://cdn/x'"):
         seed.generate(_settings(make_db(), "http://cdn/x"), 10, 1, END)
     monkeypatch.setenv("POSTFLOW_MYSQL_URI", make_db())
     monkeypatch.setenv("POSTFLOW_IMAGE_ROOT", "ftp://host/photos")
