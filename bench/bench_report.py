@@ -129,14 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from tests.ml.report.test_report import write_synthetic_days
-
     from ml.config import Settings
     from ml.lake.partitions import Lake
     from ml.report.archive import read_archive
     from ml.report.mail import SmtpParams
     from ml.report.weekly import build_report, send_report
     from ml.weeks import Week
+    from tests.ml.report.test_report import write_synthetic_days
 
     week = Week.parse(WEEK)
     tmp = Path(tempfile.mkdtemp(prefix="postflow-bench-report-"))
