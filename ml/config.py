@@ -102,6 +102,10 @@ class Settings:
     # GPU pods: the Airflow pool that caps how many run at once, and their execution_timeout
     k8s_gpu_pool: str = "postflow_gpu"
     k8s_gpu_timeout_s: int = 6 * 3600
+    # execution_timeout of an ML step run as a local subprocess (compose's ML worker) and of an
+    # ETL task: a hung step frees its worker slot and fails loudly (0: none)
+    local_step_timeout_s: int = 6 * 3600
+    etl_timeout_s: int = 2 * 3600
     # Celery queue of the ML steps (compose: "ml", served by the worker with torch)
     ml_queue: str = "default"
     # weekly report
