@@ -90,6 +90,8 @@ COPY expectations /opt/airflow/expectations
 # the official image's /entrypoint contract (the Helm chart's commands and probes run through it):
 # bash/python as given, anything else an `airflow` subcommand, after waiting for the metadata DB
 COPY deploy/airflow/entrypoint.sh /entrypoint
+# the metadata DB's migrations and the FAB users: compose's airflow-init, the chart's migration job
+COPY deploy/airflow/airflow-init.sh /opt/postflow/airflow-init.sh
 ENV AIRFLOW_HOME=/opt/airflow \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     POSTFLOW_EXPECTATIONS_DIR=/opt/airflow/expectations

@@ -280,7 +280,11 @@ def test_airflow_uses_fab_auth_and_the_celery_executor(compose):
     module, _, name = manager.rpartition(".")
     assert getattr(importlib.import_module(module), name).__name__ == name, "importable"
     assert not {k for k in env if "SIMPLE_AUTH_MANAGER" in k}
-    init = (REPO / "deploy/compose/airflow-init.sh").read_text()
+    init = (REPO / "deploy/airflow/airflow-init.sh").read_text()
+    assert compose["services"]["airflow-init"]["command"] == [
+        "bash",
+        "/opt/postflow/airflow-init.sh",
+    ]
     assert "airflow fab-db migrate" in init
     assert "user admin Admin" in init and "user viewer Viewer" in init
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
@@ -364,8 +368,8 @@ def test_scripts_the_services_run_are_valid(compose):
 
     ast.parse((REPO / "deploy/compose/seed_mysql.py").read_text())
     ast.parse((REPO / "deploy/compose/s3_init.py").read_text())
-    for script in ("airflow-init.sh", "postgres-init.sh"):
-        path = REPO / "deploy/compose" / script
+    for path in (REPO / "deploy/airflow/airflow-init.sh", REPO / "deploy/compose/postgres-init.sh"):
+        script = path.name
         assert path.read_text().startswith("#!"), script
         assert os.access(path, os.X_OK), f"{script} is executable"
         assert "set -e" in path.read_text(), script

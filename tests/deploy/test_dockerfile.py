@@ -502,6 +502,8 @@ def test_airflow_images_run_airflow_as_uid_50000_with_our_dags_and_plugins(docke
     assert json.loads(af.all("ENTRYPOINT")[-1].args) == ["/entrypoint"]
     copies = [i.args.split()[-2:] for i in af.all("COPY") if not _copy_from(i)]
     assert ["deploy/airflow/entrypoint.sh", "/entrypoint"] in copies
+    if target == "airflow":  # compose's airflow-init and the Helm chart's migration job run it
+        assert ["deploy/airflow/airflow-init.sh", "/opt/postflow/airflow-init.sh"] in copies
     assert "chmod 0755 /entrypoint" in " ".join(i.args for i in af.all("RUN"))
     assert ["dags", "/opt/airflow/dags"] in copies
     assert ["plugins", "/opt/airflow/plugins"] in copies
