@@ -1,4 +1,6 @@
-"""Worker counts from the CPUs a container may use (cgroup quota, affinity), not the node's."""
+"""Worker counts from the CPUs a container may use (cgroup quota, affinity), not the node's: the
+ETL extract's partitions (one MySQL connection each) and the photo checks
+(ml.config.available_cpus)."""
 
 from __future__ import annotations
 
