@@ -290,11 +290,12 @@ def test_mlflow_link(monkeypatch):
 
 @pytest.fixture
 def tiny_lake(tmp_path, monkeypatch) -> Path:
-    """One posts_clean partition of 40 labelled posts (what `tune-bins` reads)."""
+    """One posts_clean partition of 40 posts created that day, labelled at horizon 0 (what
+    `tune-bins` reads)."""
     from ml.lake.partitions import Lake
     from tools.synthetic import write_posts_clean
 
-    created = datetime(2026, 10, 1)
+    created = datetime(2026, 11, 1, 12)  # in DS's window: the labelled population
     n = 40
     root = tmp_path / "lake"
     write_posts_clean(
@@ -311,6 +312,7 @@ def tiny_lake(tmp_path, monkeypatch) -> Path:
     )
     monkeypatch.setenv("POSTFLOW_LAKE", str(root))
     monkeypatch.setenv("POSTFLOW_CONFIG", "")
+    monkeypatch.setenv("POSTFLOW_LABEL_HORIZON_DAYS", "0")
     return root
 
 
