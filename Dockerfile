@@ -87,14 +87,19 @@ COPY --from=airflow-build /opt/venv /opt/venv
 COPY dags /opt/airflow/dags
 COPY plugins /opt/airflow/plugins
 COPY expectations /opt/airflow/expectations
+# the official image's /entrypoint contract (the Helm chart's commands and probes run through it):
+# bash/python as given, anything else an `airflow` subcommand, after waiting for the metadata DB
+COPY deploy/airflow/entrypoint.sh /entrypoint
+# the metadata DB's migrations and the FAB users: compose's airflow-init, the chart's migration job
+COPY deploy/airflow/airflow-init.sh /opt/postflow/airflow-init.sh
 ENV AIRFLOW_HOME=/opt/airflow \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     POSTFLOW_EXPECTATIONS_DIR=/opt/airflow/expectations
 # AIRFLOW_HOME is Airflow's to write (airflow.cfg); the logs volume takes this owner
-RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow /opt/airflow/logs
+RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow /opt/airflow/logs && chmod 0755 /entrypoint
 WORKDIR /opt/airflow
 USER 50000:0
-ENTRYPOINT ["airflow"]
+ENTRYPOINT ["/entrypoint"]
 CMD ["version"]
 
 # --------------------------------------------------------------------------- ml
@@ -136,12 +141,13 @@ ARG RESNET50_WEIGHTS=imagenet
 COPY --from=ml-build /opt/venv /opt/venv
 COPY --from=ml-weights /opt/torch /opt/torch
 COPY expectations /opt/postflow/expectations
+# No NVIDIA_VISIBLE_DEVICES here: which GPUs a container sees is the runtime's call (the device
+# plugin sets it for the GPUs a pod requested); baked in as `all`, a pod without a GPU request on
+# a GPU node would see every GPU of the node.
 ENV POSTFLOW_EXPECTATIONS_DIR=/opt/postflow/expectations \
     POSTFLOW_IMAGE_WEIGHTS=${RESNET50_WEIGHTS} \
     TORCH_HOME=/opt/torch \
-    HF_HUB_OFFLINE=1 \
-    NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    HF_HUB_OFFLINE=1
 WORKDIR /home/postflow
 USER 10001:10001
 ENTRYPOINT ["python", "-m", "ml"]
@@ -169,16 +175,17 @@ COPY --from=ml-weights /opt/torch /opt/torch
 COPY dags /opt/airflow/dags
 COPY plugins /opt/airflow/plugins
 COPY expectations /opt/airflow/expectations
+COPY deploy/airflow/entrypoint.sh /entrypoint
 ENV AIRFLOW_HOME=/opt/airflow \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     POSTFLOW_EXPECTATIONS_DIR=/opt/airflow/expectations \
     POSTFLOW_IMAGE_WEIGHTS=${RESNET50_WEIGHTS} \
     TORCH_HOME=/opt/torch \
     HF_HUB_OFFLINE=1
-RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow /opt/airflow/logs
+RUN install -d -o 50000 -g 0 -m 2775 /opt/airflow /opt/airflow/logs && chmod 0755 /entrypoint
 WORKDIR /opt/airflow
 USER 50000:0
-ENTRYPOINT ["airflow"]
+ENTRYPOINT ["/entrypoint"]
 CMD ["celery", "worker", "--queues", "ml"]
 
 # --------------------------------------------------------------------------- mlflow

@@ -77,9 +77,9 @@ def _seed_mlflow(settings, lake, week, days_of_history: int, train_days: list[st
             name, source=f"{lake.root}/none", run_id=run.info.run_id, tags=tags
         )
     # the last version: a real model, trained, logged and registered, then made champion
-    data = DS.load_dataset(lake, train_days[0], train_days[-1], label_age_days=0)
+    data = DS.load_dataset(lake, train_days[0], train_days[-1], horizon_days=0)
     result = T.run_training(data, M.TrainConfig(max_epochs=5, device="cpu"))
-    run_id = registry.log_training(result, settings, ds=train_days[-1], label_age_days=0)
+    run_id = registry.log_training(result, settings, ds=train_days[-1])
     version = registry.register_challenger(run_id, settings)
     client.set_registered_model_alias(name, "champion", str(version))
     client.set_model_version_tag(name, str(version), "postflow.promotion", "promoted")
@@ -129,14 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from tests.ml.test_report import write_synthetic_days
-
     from ml.config import Settings
     from ml.lake.partitions import Lake
     from ml.report.archive import read_archive
     from ml.report.mail import SmtpParams
     from ml.report.weekly import build_report, send_report
     from ml.weeks import Week
+    from tests.ml.report.test_report import write_synthetic_days
 
     week = Week.parse(WEEK)
     tmp = Path(tempfile.mkdtemp(prefix="postflow-bench-report-"))
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             "lake": str(tmp / "lake"),
             "image_root": str(tmp / "images"),  # none there: the mistakes say "no photo"
             "mlflow_uri": f"sqlite:///{tmp}/mlflow.db",
-            "label_age_days": 0,
+            "label_horizon_days": 0,
             "report_weeks": args.weeks,
         },
         environ={"POSTFLOW_CONFIG": ""},

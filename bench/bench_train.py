@@ -48,7 +48,7 @@ def write_lake(root: str, rows: int, seed: int = 0, chunk: int = 50_000) -> floa
     from ml.lake.schema import CLEAN_SCHEMA, DATASET_CLEAN, DATASET_FEATURES, FEATURES_SCHEMA
     from ml.learn.bins import DEFAULT_EDGES
 
-    lake, old = Lake(root), datetime(2024, 1, 1)
+    lake, old = Lake(root), datetime.fromisoformat(DAY)  # created on DAY: labelled at horizon 0
     hits = 0.0
     with (
         lake.writer(DATASET_CLEAN, DAY, CLEAN_SCHEMA) as clean,
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_s = time.perf_counter() - t
         rss_before = _peak_rss_gb()
         t = time.perf_counter()
-        data = load_dataset(Lake(tmp), DAY, DAY, label_age_days=1)
+        data = load_dataset(Lake(tmp), DAY, DAY, horizon_days=0)
         load_s = time.perf_counter() - t
         rss_load = _peak_rss_gb()
         tr, va = data.rows("train"), data.rows("val")

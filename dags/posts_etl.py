@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from postflow_airflow.assets import POSTS_CLEAN
 from postflow_airflow.notify import failure_notifier
+from postflow_airflow.settings import execution_timeout
 
 
 @dag(
@@ -38,6 +39,7 @@ from postflow_airflow.notify import failure_notifier
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "on_failure_callback": failure_notifier(),
+        "execution_timeout": execution_timeout("etl_timeout_s"),
     },
 )
 def posts_etl():

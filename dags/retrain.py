@@ -12,9 +12,12 @@ max_active_runs Airflow defers the run and may fold or drop events), so its last
    in a GPU pod (`step_runner=kubernetes`) or a local subprocess (the default here). Posts whose
    content already has features are not recomputed.
 3. `merge_features` — the shards of each day become `features/ds=D`.
-4. `train_model` — PCA + MLP and its baselines on the window; logged to MLflow and registered
+4. `check_source` — a sample of the window's posts re-read from MySQL: a comment count that moved
+   without `updated_at` is a finding; too many and `train_model` refuses the window (its labels
+   rest on `updated_at` moving).
+5. `train_model` — PCA + MLP and its baselines on the window; logged to MLflow and registered
    as `post-engagement` alias `challenger`.
-5. `promote_model` — challenger and champion scored on the same test split; `champion` moves
+6. `promote_model` — challenger and champion scored on the same test split; `champion` moves
    only when the gate passes. Both scores and the decision are tags on the version.
 
 The MLflow run of a task is one click away: the task's "MLflow run" link.
@@ -73,6 +76,13 @@ def retrain():
     plan = plan_retrain()
     embed = ml_step_mapped("embed_posts", "embed", plan)
     merge = ml_step("merge_features", "embed", plan["merge"], gpu=False)
+    window = "{{{{ ti.xcom_pull(task_ids='plan_retrain', key='window')[{}] }}}}"
+    check = ml_step(
+        "check_source",
+        "check-source",
+        ["--start", window.format(0), "--end", window.format(1)],
+        gpu=False,
+    )
     train = ml_step("train_model", "train", plan["train"])
     promote = ml_step(
         "promote_model",
@@ -87,7 +97,7 @@ def retrain():
         ],
         gpu=False,
     )
-    embed >> merge >> train >> promote
+    embed >> merge >> check >> train >> promote
 
 
 retrain()

@@ -15,6 +15,10 @@ STEPS: dict[str, tuple[str, str]] = {
         "ml.ingest.shards",
         "extract, validate (whole or sharded), sanitise and write one window of posts to the lake",
     ),
+    "check-source": (
+        "ml.ingest.source_check",
+        "re-read a sample of posts from MySQL: did a count move without updated_at?",
+    ),
     "embed": ("ml.features.embed", "image (ResNet50) and caption (MiniLM) features of one day"),
     "tune-bins": ("ml.learn.labels", "propose comment-count bin edges from a window's histogram"),
     "train": ("ml.learn.train", "train the engagement classifier and its baselines on a window"),

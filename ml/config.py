@@ -86,7 +86,17 @@ class Settings:
     bin_edges: str = "0,1,3,10,30,100,300,600"
     # training data
     train_window_days: int = 28
-    label_age_days: int = 7
+    # the target: comment_count this many days after created_at (ml.learn.labels); a model on
+    # another horizon is never compared with one on this (a re-baselining, see `rebaseline`)
+    label_horizon_days: int = 7
+    # a challenger on other bin edges, horizon or encoders than the champion's is refused unless
+    # this is true: then it is judged as a first model, and the version says so
+    rebaseline: bool = False
+    # the label's assumption (updated_at moves whenever comment_count does), re-read from MySQL
+    # each night (ml.ingest.source_check): posts sampled, and the share of them whose count moved
+    # without updated_at above which the window's labels are held back
+    source_check_sample: int = 500
+    source_check_max_fraction: float = 0.01
     # embedding: imagenet (torchvision cache) | none (random init, tests/demo) | /path/to/weights
     image_weights: str = "imagenet"
     text_model: str = ""  # sentence-transformers dir; "" = the packaged all-MiniLM-L6-v2
@@ -107,6 +117,10 @@ class Settings:
     # GPU pods: the Airflow pool that caps how many run at once, and their execution_timeout
     k8s_gpu_pool: str = "postflow_gpu"
     k8s_gpu_timeout_s: int = 6 * 3600
+    # execution_timeout of an ML step run as a local subprocess (compose's ML worker) and of an
+    # ETL task: a hung step frees its worker slot and fails loudly (0: none)
+    local_step_timeout_s: int = 6 * 3600
+    etl_timeout_s: int = 2 * 3600
     # Celery queue of the ML steps (compose: "ml", served by the worker with torch)
     ml_queue: str = "default"
     # weekly report
@@ -115,6 +129,9 @@ class Settings:
     report_weeks: int = 12
     report_link_expiry_s: int = 7 * 24 * 3600
     drift_psi_threshold: float = 0.2
+    # drift alarms only with this many rows on each side, and above the PSI that resampling the
+    # reference against itself at the same sizes reaches (its noise floor)
+    drift_min_sample: int = 200
     # failure notifications (comma-separated; "" = report_recipients)
     alert_recipients: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -161,7 +178,7 @@ class Settings:
 
     @property
     def workers(self) -> int:
-        return self.image_workers or (os.cpu_count() or 1)
+        return self.image_workers or available_cpus()
 
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict safe to log: passwords in URIs are masked."""
@@ -169,6 +186,42 @@ class Settings:
         d["mysql_uri"] = redact_uri(self.mysql_uri)
         d["mlflow_uri"] = redact_uri(self.mlflow_uri)
         return d
+
+
+# Where the container's CPU quota is read (a test points it elsewhere).
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup's quota (v2 `cpu.max`, else v1 `cpu.cfs_quota_us` over
+    `cpu.cfs_period_us`); None when there is none or it cannot be read."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by the container's CPU quota.
+    Not os.cpu_count(): in a pod limited to 2 CPUs on a 64-core node that says 64, and one
+    extract would open 64 connections to the app's MySQL."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(CGROUP_ROOT)
+    if quota is not None:
+        cpus = min(cpus, int(quota))
+    return max(1, cpus)
 
 
 def parse_edges(text: str, what: str = "bin edges") -> tuple[int, ...]:

@@ -14,7 +14,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -205,7 +206,8 @@ def retrain_environment(settings, mysql_db, mlflow_server, monkeypatch, **extra:
         "POSTFLOW_REGISTERED_MODEL": name,
         "POSTFLOW_IMAGE_WEIGHTS": "none",
         "POSTFLOW_DEVICE": "cpu",
-        "POSTFLOW_LABEL_AGE_DAYS": "0",  # demo comment counts are final at once
+        # demo posts over a few days: all but the last day's reach a 1-day horizon within them
+        "POSTFLOW_LABEL_HORIZON_DAYS": "1",
         "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -373,26 +375,30 @@ class MlflowServer:
         ]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(s3_server: S3Server) -> Iterator[MlflowServer]:
+@contextmanager
+def start_mlflow_server(
+    s3: S3Server, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[MlflowServer]:
     """A real `mlflow server` (sqlite backend, one worker) on a free loopback port, proxying
-    artifacts to a moto S3 bucket. The default host/CORS checks already allow 127.0.0.1. Its
-    job runner (huey consumers, for GenAI jobs) is switched off: four more Python processes.
-    The server runs in a process group of its own, stopped as a whole (uvicorn is a child).
+    artifacts to a moto S3 bucket; `args`/`env` add to its command line and environment (e.g.
+    `--app-name basic-auth`). The default host/CORS checks already allow 127.0.0.1. Its job
+    runner (huey consumers, for GenAI jobs) is switched off: four more Python processes. The
+    server runs in a process group of its own, stopped as a whole (uvicorn is a child).
     Yields as soon as it is started: `MlflowServer.uri` waits for /health."""
     import signal
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no phoning home from tests
     home = Path(tempfile.mkdtemp(prefix="postflow-mlflow-"))
-    bucket, prefix = s3_server.bucket(), "mlflow"
+    bucket, prefix = s3.bucket(), "mlflow"
     port = free_port()
-    env = os.environ.copy() | {
-        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+    environ = os.environ.copy() | {
+        "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **(env or {}),
     }
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen(
@@ -409,15 +415,16 @@ def mlflow_server(s3_server: S3Server) -> Iterator[MlflowServer]:
             str(port),
             "--workers",
             "1",
+            *args,
         ],
         cwd=home,
-        env=env,
+        env=environ,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        yield MlflowServer(port, proc, home / "server.log", bucket, prefix, s3_server)
+        yield MlflowServer(port, proc, home / "server.log", bucket, prefix, s3)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -430,6 +437,13 @@ def mlflow_server(s3_server: S3Server) -> Iterator[MlflowServer]:
             proc.wait()
         log.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server: S3Server) -> Iterator[MlflowServer]:
+    """`start_mlflow_server` for the session, without authentication."""
+    with start_mlflow_server(s3_server) as server:
+        yield server
 
 
 class SmtpServer:

@@ -12,8 +12,9 @@ as production would.
 
 Demo defaults, each overridable by its environment variable: POSTFLOW_IMAGE_WEIGHTS=none
 (ResNet50 with RANDOM weights: ImageNet weights cannot be downloaded on an offline machine; the
-MLflow runs are tagged so) and POSTFLOW_LABEL_AGE_DAYS=1 (generated comment counts are final the
-day after posting; production waits 7 days). The table moves forward a day before each day's
+MLflow runs are tagged so) and POSTFLOW_LABEL_HORIZON_DAYS=2 (the label is the count 2 days after
+posting: generated counts are final by then; production predicts 7 days). The table moves
+forward a day before each day's
 `posts_etl`, so a post whose comments grew has a snapshot per day and young counts stay out.
 """
 
@@ -30,7 +31,7 @@ import warnings
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from ml.demo.posts import DEMO_LABEL_AGE_DAYS
+from ml.demo.posts import DEMO_LABEL_HORIZON_DAYS
 from ml.lake.schema import DATASET_CLEAN, DATASET_FEATURES, DATASET_QUARANTINE
 from tools.airflow_env import REPO, STATE, airflow_env, pipeline_env
 
@@ -47,7 +48,7 @@ def _airflow_env() -> None:
         "AIRFLOW__LOGGING__NAMESPACE_LEVELS": "postflow.progress=INFO",
         **pipeline_env(STATE),
         "POSTFLOW_IMAGE_WEIGHTS": "none",
-        "POSTFLOW_LABEL_AGE_DAYS": str(DEMO_LABEL_AGE_DAYS),
+        "POSTFLOW_LABEL_HORIZON_DAYS": str(DEMO_LABEL_HORIZON_DAYS),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         # The demo is a newcomer's first screen: third-party warnings (Airflow's and its
         # libraries' deprecations, MLflow's hints) and MLflow's artifact download bars stay off
@@ -59,6 +60,9 @@ def _airflow_env() -> None:
         os.environ.setdefault(key, value)
     if os.environ["PYTHONWARNINGS"] == "ignore":
         warnings.simplefilter("ignore")
+        # Airflow turns its own deprecation warnings back on at import unless the interpreter
+        # was given warning options (`sys.warnoptions`, as `-W` or PYTHONWARNINGS at start set).
+        sys.warnoptions.append("ignore")
 
 
 def reader_account(admin):
@@ -189,7 +193,9 @@ def _print_model(settings, bayes: float | None) -> None:
     name = settings.registered_model
     latest = client.get_model_version_by_alias(name, "challenger")
     champion = client.get_model_version_by_alias(name, "champion")
-    m = client.get_run(latest.run_id).data.metrics
+    run = client.get_run(latest.run_id).data
+    m = run.metrics
+    print(f"target:      {run.params.get('target', '(not recorded)')}")
     print(
         f"model:       {name} v{latest.version} ({latest.tags.get('postflow.promotion')}: "
         f"{latest.tags.get('postflow.decision_reason')}); champion is v{champion.version}"

@@ -61,7 +61,7 @@ BASE_IMAGE = "postflow-base:bookworm"
 BASE_PACKAGES = "python3.11,python3.11-venv,python3-venv,python3-pip,python3,libmariadb3,libgomp1"
 BASE_PACKAGES += ",ca-certificates"
 TARGETS = ("airflow", "ml-worker", "mlflow")
-STAND_INS = ("postgres", "mysql", "redis", "pyservices")
+STAND_INS = ("postgres", "mysql", "redis", "s3", "mailpit")
 ONE_SHOTS = {"airflow-init", "mysql-seed", "s3-init"}
 COMPOSE_FILES = ("docker-compose.yaml", "deploy/stack-test/compose.override.yaml")
 
@@ -304,11 +304,15 @@ def write_env(posts: int) -> dict[str, str]:
     return env
 
 
-def compose(*args: str, check: bool = True, capture: bool = False) -> str:
+def compose_cmd(*args: str) -> list[str]:
     cmd = ["docker-compose", "-p", PROJECT, "--env-file", str(STATE / "stack.env")]
     for f in COMPOSE_FILES:
         cmd += ["-f", f]
-    done = run([*cmd, *args], cwd=REPO, check=check, capture_output=capture, text=True)
+    return [*cmd, *args]
+
+
+def compose(*args: str, check: bool = True, capture: bool = False) -> str:
+    done = run(compose_cmd(*args), cwd=REPO, check=check, capture_output=capture, text=True)
     return done.stdout if capture else ""
 
 
@@ -337,6 +341,8 @@ def wait_healthy(timeout_s: float) -> None:
                     pending.append(name)
             elif st["Status"] in {"exited", "dead"} or health == "unhealthy":
                 bad.append(name)
+            elif health is None and st["Status"] == "running":
+                pass  # no health check (s3: s3-init waits for it over S3)
             elif health != "healthy":
                 pending.append(name)
         if bad:
@@ -371,6 +377,58 @@ def wait_for(predicate, timeout_s: float, what: str, every: float = 2.0):
         if time.monotonic() > deadline:
             raise StackFailure(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(every)
+
+
+# -- the Helm chart's command forms -------------------------------------------------------------
+
+# What the official chart's templates run in the `airflow` image, exactly (chart/templates/
+# _helpers.yaml and the workers' defaults): exec probes inside the running containers, and the
+# init container and component forms through the image's entrypoint.
+CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
+CHART_PROBES = {
+    "airflow-scheduler": "CONNECTION_CHECK_MAX_COUNT=0 AIRFLOW__LOGGING__LOGGING_LEVEL=ERROR exec "
+    "/entrypoint \\\nairflow jobs check --job-type SchedulerJob --local\n",
+    "airflow-triggerer": "CONNECTION_CHECK_MAX_COUNT=0 AIRFLOW__LOGGING__LOGGING_LEVEL=ERROR exec "
+    "/entrypoint \\\nairflow jobs check --job-type TriggererJob --local\n",
+    "airflow-dag-processor": "CONNECTION_CHECK_MAX_COUNT=0 AIRFLOW__LOGGING__LOGGING_LEVEL=ERROR "
+    "exec /entrypoint \\\nairflow jobs check --local --job-type DagProcessorJob\n",
+    "airflow-worker": "CONNECTION_CHECK_MAX_COUNT=0 exec /entrypoint python -m celery --app "
+    f"{CELERY_APP} inspect ping -d celery@$(hostname)",
+    "airflow-ml-worker": "CONNECTION_CHECK_MAX_COUNT=0 exec /entrypoint python -m celery --app "
+    f"{CELERY_APP} inspect ping -d celery@$(hostname)",
+}
+CHART_RUNS = [
+    # the wait-for-airflow-migrations init container of every component
+    ("airflow-scheduler", ["airflow", "db", "check-migrations", "--migration-wait-timeout=60"]),
+    # a component's args (here with a command that exits)
+    ("airflow-ml-worker", ["bash", "-c", "exec airflow version"]),
+    ("airflow-worker", ["python", "-Wignore", "-c", "import airflow, sys; sys.exit(0)"]),
+]
+
+
+def check_chart_forms() -> None:
+    """The images under the chart's commands and probes, against this stack's DB and broker."""
+    for service, probe in CHART_PROBES.items():
+        done = run(
+            compose_cmd("exec", "-T", service, "sh", "-c", probe),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            raise StackFailure(f"chart probe of {service} failed: {done.stdout}{done.stderr}")
+    for service, args in CHART_RUNS:
+        done = run(
+            compose_cmd("run", "--rm", "--no-deps", "-T", service, *args),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            raise StackFailure(f"chart form {args} in {service}: {done.stdout}{done.stderr}")
+    log(f"chart forms: {len(CHART_PROBES)} probes and {len(CHART_RUNS)} commands pass")
 
 
 # -- the user's path ----------------------------------------------------------------------------
@@ -517,10 +575,14 @@ def check_report_email(env: dict[str, str], week_start: date) -> None:
     def find() -> str | None:
         with urllib.request.urlopen(base + "/api/v1/messages", timeout=10) as resp:
             msgs = json.load(resp)["messages"]
-        ids = [m["ID"] for m in msgs if f"weekly report {week}" in m["Subject"]]
-        return ids[0] if ids else None
+        found = [m for m in msgs if f"weekly report {week}" in m["Subject"]]
+        return found[0] if found else None
 
-    msg_id = wait_for(find, 120, f"the report email of {week}")
+    summary = wait_for(find, 120, f"the report email of {week}")
+    msg_id = summary["ID"]
+    # the stand-in records whether the sender logged in: smtp_default's login was used
+    if summary.get("Authenticated") is False:
+        raise StackFailure("report email: sent without the SMTP login of smtp_default")
     with urllib.request.urlopen(f"{base}/api/v1/message/{msg_id}/raw", timeout=10) as resp:
         msg = email.message_from_bytes(resp.read(), policy=email.policy.default)
     html = msg.get_body(("html",)).get_content()
@@ -605,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
                     started = True
                     compose("up", "-d", "--no-build")
                     wait_healthy(1200)
+                with timed(figures, "chart_forms_s"):
+                    check_chart_forms()
                 with timed(figures, "end_to_end_s"):
                     drive(env, figures)
             except StackFailure as exc:

@@ -1,5 +1,8 @@
-"""Test-only mail catcher: SMTP on :1025 (aiosmtpd) and the part of Mailpit's HTTP API on :8025
-that `make stack-test` reads (GET /readyz, /api/v1/messages, /api/v1/message/ID/raw).
+"""Test-only stand-in for the Mailpit image: SMTP on :1025 (aiosmtpd) and the part of Mailpit's
+HTTP API on :8025 that `make stack-test` reads (GET /readyz, /api/v1/messages,
+/api/v1/message/ID/raw), configured from Mailpit's documented environment:
+MP_SMTP_AUTH_ACCEPT_ANY=true accepts any login (AUTH PLAIN/LOGIN), MP_SMTP_AUTH_ALLOW_INSECURE=true
+offers it without TLS. Each message records whether its sender logged in (`Authenticated`).
 
     python mailcatcher.py           # serve
     python mailcatcher.py readyz    # health check: exit 0 when the HTTP side answers
@@ -10,6 +13,8 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -31,6 +36,7 @@ class Collect:
                     "Subject": str(msg["Subject"] or ""),
                     "To": list(envelope.rcpt_tos),
                     "From": envelope.mail_from,
+                    "Authenticated": bool(session.authenticated),
                     "raw": envelope.content,
                 }
             )
@@ -70,8 +76,19 @@ def main(argv: list[str]) -> int:
         urllib.request.urlopen("http://127.0.0.1:8025/readyz", timeout=5)
         return 0
     from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
 
-    smtp = Controller(Collect(), hostname="0.0.0.0", port=1025)
+    # PID 1 in the container: SIGTERM has no default action there
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    accept_any = os.environ.get("MP_SMTP_AUTH_ACCEPT_ANY", "").lower() == "true"
+    insecure = os.environ.get("MP_SMTP_AUTH_ALLOW_INSECURE", "").lower() == "true"
+    auth = {}
+    if accept_any:
+        auth = {
+            "authenticator": lambda *_: AuthResult(success=True),
+            "auth_require_tls": not insecure,
+        }
+    smtp = Controller(Collect(), hostname="0.0.0.0", port=1025, **auth)
     smtp.start()
     http = ThreadingHTTPServer(("0.0.0.0", 8025), Api)
     threading.Thread(target=http.serve_forever, daemon=True).start()

@@ -14,7 +14,8 @@ pattern (= c // 2 with probability `P_PATTERN`, else uniform) and the caption's 
 with a class-dependent chance of 0 (about 10% overall); only hearts >= 1 posts get a label.
 Time, so that label maturity is exercised: most posts with comments (`P_GROWS`) have a partial
 count on their creation day and the final one (c's) the next day, so a count is final once the
-post is `DEMO_LABEL_AGE_DAYS` old; `generate(as_of=D)` and `advance` give the table of each day.
+post is `DEMO_LABEL_HORIZON_DAYS` old (the final count lands the day after posting: within 2
+days); `generate(as_of=D)` and `advance` give the table of each day.
 Reposts (`FRACTION_REPOSTS`) copy an earlier post's photo file, cues and counts: leakage bait.
 
 Output is deterministic for a seed: same rows, same image bytes (each image has its own RNG
@@ -63,7 +64,7 @@ FRACTION_UPDATED_LATER = 0.10  # created on an earlier day, updated (comments gr
 # day's snapshot holds a partial count, the next day's the final one (the label).
 P_GROWS = 0.7
 GROWN_BY_THEN = (0.2, 0.7)  # the partial count as a fraction of the final one, uniform
-DEMO_LABEL_AGE_DAYS = 1  # counts are final the day after posting: what `make demo` sets
+DEMO_LABEL_HORIZON_DAYS = 2  # counts are final within 2 days of posting: what `make demo` sets
 FRACTION_REPOSTS = 0.02  # the same photo file posted again under a new id; half keep the caption
 FRACTION_ABSOLUTE_URI = 0.07  # file:///... (local store) or s3://bucket/key (S3 store)
 FIRST_AUTHOR_ID = 1_000

@@ -27,7 +27,7 @@ from ml.demo.photos import (
 from ml.demo.posts import (
     DAY_US,
     DEFAULT_BIN_EDGES,
-    DEMO_LABEL_AGE_DAYS,
+    DEMO_LABEL_HORIZON_DAYS,
     EXPECTED_REASONS,
     N_CLASSES,
     Posts,
@@ -82,9 +82,17 @@ def generate(
     valid = np.ones(posts, bool)
     valid[list(index_of_bad)] = False
     labelled = valid & (p.hearts >= 1)
-    # what training sees at the end of the window: old enough under DEMO_LABEL_AGE_DAYS
+    # what training labels at the end of the window (ml.learn.labels): posts created in the
+    # window whose horizon has passed, with a snapshot at or before it (a post first extracted
+    # after its horizon, updated days after it was created, has no count at the horizon)
     end_us = p.start_us + days * DAY_US
-    mature = labelled & (end_us - p.created_us >= DEMO_LABEL_AGE_DAYS * DAY_US)
+    horizon_us = p.created_us + DEMO_LABEL_HORIZON_DAYS * DAY_US
+    mature = (
+        labelled
+        & (p.created_us >= p.start_us)
+        & (horizon_us <= end_us)
+        & (p.first_us <= horizon_us)
+    )
     grey = np.zeros(posts, bool)
     grey[[int(pid - first) for pid, k in p.unusual.items() if k == "jpeg_grayscale"]] = True
     lab_cls = p.cls[mature]
@@ -117,7 +125,7 @@ def generate(
         "bad": p.bad,
         "unusual_valid": p.unusual,
         "reposts": p.reposts,
-        "label_age_days": DEMO_LABEL_AGE_DAYS,
+        "label_horizon_days": DEMO_LABEL_HORIZON_DAYS,
         "params": params,
         "expected_reasons": {k: list(v) for k, v in EXPECTED_REASONS.items()},
         "bayes_accuracy": round(
@@ -129,8 +137,8 @@ def generate(
         "bayes_accuracy_population": round(population_bayes_accuracy(), 4),
         "majority_accuracy": round(float(class_counts.max() / max(1, class_counts.sum())), 4),
         "bayes_method": (
-            "exact under the generative model: mean over valid posts with hearts >= 1, at "
-            "least DEMO_LABEL_AGE_DAYS old at the window's end, of "
+            "exact under the generative model: mean over valid posts with hearts >= 1, "
+            "created in the window and DEMO_LABEL_HORIZON_DAYS old at its end, of "
             "max_c p(c | photo colour, photo pattern, caption topic, hearts >= 1); a model "
             "reaches it only if its features recover those three cues"
         ),

@@ -125,10 +125,17 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def resolve_device(device: str) -> str:
+    """`auto` -> cuda when usable, else cpu. An explicit `cuda[:K]` without a usable GPU fails
+    here, loudly (GPU pods set POSTFLOW_DEVICE=cuda): never hours of embedding on CPU instead."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {device!r} asked for, but CUDA is not usable here (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda}): no GPU, driver or runtime"
+        )
     return device
 
 

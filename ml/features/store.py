@@ -175,30 +175,43 @@ def feature_index(lake: Any, ids: np.ndarray, ds: np.ndarray) -> tuple[np.ndarra
 
 
 def sample_features(
-    lake: Any, days: Iterable[str], max_rows: int
+    lake: Any, days: Iterable[str], max_rows: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Up to `max_rows` embeddings (img, txt as float32) spread over the days' partitions: the
-    first rows of each day's partition, an equal share per day; None when no day has any."""
+    """Up to `max_rows` embeddings (img, txt as float32) spread over the days' partitions, an
+    equal share per day: a seeded random sample of each day's rows (the first rows of a file
+    are the first posts the extract returned, in `updated_at` order: not the day's mix). Reads
+    only the row groups that hold a drawn row. None when no day has any."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     files_by_day = [(d, lake.partition_files(DATASET_FEATURES, d)) for d in days]
     files_by_day = [(d, f) for d, f in files_by_day if f]
     if not files_by_day:
         return None
+    rng = np.random.default_rng(seed)
     quota = max(1, max_rows // len(files_by_day))
     imgs, txts = [], []
     for _, files in files_by_day:
-        left = quota
+        groups = []  # (file, row group, rows)
         for f in files:
-            if left <= 0:
-                break
             with lake.fs.open_input_file(f) as fh:
-                pf = pq.ParquetFile(fh)
-                for batch in pf.iter_batches(batch_size=left, columns=["img", "txt"]):
-                    imgs.append(vectors(batch.column("img"), IMG_DIM).astype(np.float32))
-                    txts.append(vectors(batch.column("txt"), TXT_DIM).astype(np.float32))
-                    left -= batch.num_rows
-                    break
+                meta = pq.ParquetFile(fh).metadata
+            groups += [(f, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+        sizes = np.array([n for _, _, n in groups], np.int64)
+        total = int(sizes.sum())
+        if total == 0:
+            continue
+        drawn = np.sort(rng.choice(total, min(quota, total), replace=False))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        which = np.searchsorted(starts, drawn, side="right") - 1
+        for k in np.unique(which):
+            f, g, _ = groups[k]
+            rows = drawn[which == k] - starts[k]
+            with lake.fs.open_input_file(f) as fh:
+                rg = pq.ParquetFile(fh).read_row_group(int(g), columns=["img", "txt"])
+            rg = rg.take(pa.array(rows))
+            imgs.append(vectors(rg.column("img"), IMG_DIM).astype(np.float32))
+            txts.append(vectors(rg.column("txt"), TXT_DIM).astype(np.float32))
     if not imgs:
         return None
     return np.concatenate(imgs), np.concatenate(txts)

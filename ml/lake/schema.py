@@ -2,7 +2,8 @@
 
 Stages meet only through these names and schemas, so they live in one module at the bottom of the
 layers: the extract writes `posts_raw`, the ETL `posts_clean` and `quarantine`, the embed step
-`features` (via `features_shards` when it runs sharded), the report `reports`.
+`features` (via `features_shards` when it runs sharded), the report `reports`, the source
+check `source_check`.
 
 The Arrow schemas are built on first access (PEP 562 `__getattr__`): Airflow's DAG files and
 plugins import the dataset names at parse time, which must not pay for importing pyarrow.
@@ -20,6 +21,7 @@ DATASET_QUARANTINE = "quarantine"
 DATASET_FEATURES = "features"
 DATASET_FEATURES_SHARDS = "features_shards"
 DATASET_REPORTS = "reports"
+DATASET_SOURCE_CHECK = "source_check"  # `ml.ingest.source_check`: counts that moved silently
 
 # -- the source rows ----------------------------------------------------------------------------
 
@@ -97,7 +99,18 @@ def _build_schemas() -> dict[str, Any]:
             ("photo_hash", pa.string()),
         ]
     )
+    # source_check: posts whose comment_count moved at the source without updated_at moving
+    SOURCE_CHECK_SCHEMA = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("ds", pa.string()),  # the posts_clean partition of the lake's snapshot
+            ("lake_comment_count", pa.int64()),
+            ("source_comment_count", pa.int64()),
+            ("updated_at", pa.timestamp("us")),
+        ]
+    )
     return {
+        "SOURCE_CHECK_SCHEMA": SOURCE_CHECK_SCHEMA,
         "RAW_SCHEMA": RAW_SCHEMA,
         "CLEAN_SCHEMA": CLEAN_SCHEMA,
         "QUARANTINE_SCHEMA": QUARANTINE_SCHEMA,
@@ -105,7 +118,13 @@ def _build_schemas() -> dict[str, Any]:
     }
 
 
-_SCHEMA_NAMES = ("RAW_SCHEMA", "CLEAN_SCHEMA", "QUARANTINE_SCHEMA", "FEATURES_SCHEMA")
+_SCHEMA_NAMES = (
+    "RAW_SCHEMA",
+    "CLEAN_SCHEMA",
+    "QUARANTINE_SCHEMA",
+    "FEATURES_SCHEMA",
+    "SOURCE_CHECK_SCHEMA",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,11 +9,11 @@ window's evaluation sets are then capped (`ml.learn.splits.cap_evaluation`: the 
 for the record; `WindowSplit.caption_overlap` counts evaluation posts whose caption also occurs in
 train.
 
-A post's label is its latest snapshot in the window (`posts_clean` partitions start..end), kept
-only when the post was old enough when that snapshot was extracted (label age, `ml.learn.labels`)
-and with hearts >= 1; its features are the row of `features/ds`
-for the partition of that snapshot, i.e. the image and caption the label belongs to. Labelled
-posts without features (skipped at embed, or not embedded yet) are counted and left out.
+A post's label is its comment count `label_horizon_days` after posting, for the posts created in
+the window whose horizon has passed (`ml.learn.labels.load_labels`, with hearts >= 1); its
+features are the row of `features/ds` for the partition of its *first* snapshot
+(`feature_ds`): the image and caption as posted, not as later edited. Labelled posts without
+features (skipped at embed, or not embedded yet) are counted and left out.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from ml.features.store import feature_index, iter_features
 from ml.lake.schema import IMG_DIM, N_FEATURES
 from ml.learn.bins import DEFAULT_EDGES, bin_labels, histogram
-from ml.learn.labels import DEFAULT_LABEL_AGE_DAYS, MIN_HEARTS, load_labels
+from ml.learn.labels import DEFAULT_LABEL_HORIZON_DAYS, MIN_HEARTS, load_labels
 from ml.learn.splits import EVAL_SPLITS, MAX_EVAL_ROWS, assign_splits, group_keys
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class WindowSplit:
     window: tuple[str, str]
     edges: tuple[int, ...]
     ids: np.ndarray  # int64, sorted
-    ds: np.ndarray  # object: the posts_clean partition of each post's label
+    ds: np.ndarray  # object: partition of each post's first snapshot (its features)
     comment_count: np.ndarray
     y: np.ndarray  # int64 class
     split: np.ndarray  # object: "train" | "val" | "test" | "reserve"
@@ -62,6 +62,7 @@ class WindowSplit:
     with_features: bool = True  # False: no post had features, so all labelled posts are here
     photo_hash: np.ndarray | None = None  # object: hex dHash of the photo, None where unknown
     caption_key: np.ndarray | None = None  # object: `ml.learn.splits.caption_key`, None: no words
+    horizon_days: int = DEFAULT_LABEL_HORIZON_DAYS  # the label: comments this long after posting
 
     @property
     def groups(self) -> np.ndarray:
@@ -125,7 +126,7 @@ def build_split(
     start: str,
     end: str,
     edges: Sequence[int] = DEFAULT_EDGES,
-    label_age_days: int = DEFAULT_LABEL_AGE_DAYS,
+    horizon_days: int = DEFAULT_LABEL_HORIZON_DAYS,
     min_hearts: int = MIN_HEARTS,
     *,
     labels_only_fallback: bool = False,
@@ -136,9 +137,9 @@ def build_split(
     report's label histograms), a window without any features keeps every labelled post
     instead, and says so (`with_features`). Raises FileNotFoundError when the window has no
     posts_clean partition."""
-    t = load_labels(lake, start, end, label_age_days, min_hearts)
+    t = load_labels(lake, start, end, horizon_days, min_hearts)
     ids = t["id"].to_numpy()
-    ds = np.asarray(t["ds"].to_pylist(), dtype=object)
+    ds = np.asarray(t["feature_ds"].to_pylist(), dtype=object)  # features of the post as posted
     cc = t["comment_count"].to_numpy()
     ck = np.asarray(t["caption_key"].to_pylist(), dtype=object)
     has, photo = feature_index(lake, ids, ds)
@@ -160,6 +161,7 @@ def build_split(
         with_features=with_features,
         photo_hash=photo,
         caption_key=ck,
+        horizon_days=horizon_days,
     )
 
 
@@ -181,6 +183,22 @@ class TrainingData:
     window: tuple[str, str]
     group: np.ndarray | None = None  # object: each row's group (`group_names`)
     split_stats: dict[str, int] = field(default_factory=dict)  # `WindowSplit.stats()`
+    horizon_days: int = DEFAULT_LABEL_HORIZON_DAYS
+
+    def encoder_pair(self) -> tuple[str, str]:
+        """The (image model, text model) every row was embedded with. Raises ValueError when
+        the rows come from more than one: a model is made of one pair of encoders, and features
+        of two image weights are not one feature space (re-embed the window's older days)."""
+        if len(self.image_models) > 1 or len(self.text_models) > 1:
+            raise ValueError(
+                f"features of window {self.window[0]}..{self.window[1]} come from more than one "
+                f"encoder pair (image {self.image_models}, text {self.text_models}): re-embed "
+                "the older days with the current encoders, or train on a window of one pair"
+            )
+        return (
+            self.image_models[0] if self.image_models else "unknown",
+            self.text_models[0] if self.text_models else "unknown",
+        )
 
     def part(self, name: str) -> np.ndarray:
         """Boolean mask of the rows of split `name`."""
@@ -258,6 +276,7 @@ def split_features(lake: Any, split: WindowSplit, names: Sequence[str] = SPLITS)
         window=split.window,
         group=split.groups[rows],
         split_stats=split.stats(),
+        horizon_days=split.horizon_days,
     )
 
 
@@ -266,11 +285,11 @@ def load_dataset(
     start: str,
     end: str,
     edges: Sequence[int] = DEFAULT_EDGES,
-    label_age_days: int = DEFAULT_LABEL_AGE_DAYS,
+    horizon_days: int = DEFAULT_LABEL_HORIZON_DAYS,
     min_hearts: int = MIN_HEARTS,
     splits: Sequence[str] = SPLITS,
 ) -> TrainingData:
     """Features joined with labels over the window, for the splits `splits` (see the module
     docstring)."""
-    split = build_split(lake, start, end, edges, label_age_days, min_hearts)
+    split = build_split(lake, start, end, edges, horizon_days, min_hearts)
     return split_features(lake, split, splits)

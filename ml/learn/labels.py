@@ -1,48 +1,55 @@
-"""Labels: which posts of a window have a trustworthy comment count, and `tune-bins`.
+"""Labels: what the model predicts, for which posts, and `tune-bins`.
 
-Label maturity: a count is trusted only when the post was at least `label_age_days` old at the
-latest time the count is *known* to hold, measured from extractions, not from the training
-cut-off: the snapshot's extraction (`observed_at`: the end of its extraction window, or the
-manifest's commit time if earlier), carried forward through every following day whose partition
-exists, because that day's extract would have returned the post had its count changed. A gap
-(a day not extracted) stops it: a count read the day after posting, followed by missing days,
-stays immature however late the window ends. This needs the source to move `updated_at`
-whenever `comment_count` changes; carrying forward (rather than the snapshot's extraction
-alone) keeps posts whose count stopped changing early, which would otherwise never mature and
-bias the labels towards posts still gaining comments.
+The target: a post's `comment_count` H days after its `created_at` (H = `label_horizon_days`,
+`POSTFLOW_LABEL_HORIZON_DAYS`), binned by the bin edges (`target_sentence` says it in one
+sentence, for the MLflow run and the report's header). Every post is labelled at the same age,
+so "accuracy" is accuracy at one question, whatever the window.
+
+- The count at the horizon is the one of the post's last snapshot whose `updated_at` is at or
+  before `created_at + H`, valid only when that count is *known* to have held until the horizon:
+  the snapshot's extraction (`observed_at`: the end of its extraction window, or the manifest's
+  commit time if earlier), carried forward through every following day whose partition exists
+  (`known_through`), because that day's extract would have returned the post had its count
+  changed. A gap (a day not extracted) stops it. This needs the source to move `updated_at`
+  whenever `comment_count` changes: `ml.ingest.source_check` re-reads a sample from MySQL every
+  night to check it.
+- The labelled population of a window start..end is the posts *created* in it whose horizon has
+  passed (and was covered by extracts) by the last partition read: not "posts that changed in
+  the window", which would select old posts on their outcome (only posts gaining comments
+  re-appear in a nightly extract).
+- The features of a post are those of its *first* clean snapshot, the post as posted: a caption
+  edited after the post took off is not what a model scoring a new post would see.
+  `feature_ds` names that partition.
+
+The horizon subsumes the former `label_age_days` (a count read when the post was at least that
+old): the label is read at exactly the horizon, so one setting says both what is predicted and
+when it is mature.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from ml.lake.schema import DATASET_CLEAN
-from ml.learn.bins import bin_labels, histogram, tune_bins
+from ml.learn.bins import bin_labels, bin_names, histogram, tune_bins
 from ml.learn.splits import caption_key
 
-DEFAULT_LABEL_AGE_DAYS = 7
+DEFAULT_LABEL_HORIZON_DAYS = 7
 MIN_HEARTS = 1
 
 
-def label_mask(
-    created_at,
-    hearts,
-    observed_at,
-    label_age_days: int = DEFAULT_LABEL_AGE_DAYS,
-    min_hearts: int = MIN_HEARTS,
-) -> np.ndarray:
-    """Rows whose label can be trusted: the post was at least `label_age_days` old when its count
-    was observed (`observed_at`: one time or one per row), so the count had settled, and it has
-    `hearts >= min_hearts` (as in the seed)."""
-    observed = np.asarray(observed_at, dtype="datetime64[us]")
-    created = np.asarray(created_at, dtype="datetime64[us]")
-    age = np.timedelta64(timedelta(days=label_age_days), "us")
-    return (observed - created >= age) & (np.asarray(hearts) >= min_hearts)
+def target_sentence(horizon_days: int, edges: Sequence[int]) -> str:
+    """What the model predicts, in the words of the report and the MLflow run: "comments within
+    7 days of posting, 8 bins: 0, 1-2, ..."."""
+    days = "day" if horizon_days == 1 else "days"
+    names = ", ".join(bin_names(edges))
+    return f"comments within {horizon_days} {days} of posting, {len(edges)} bins: {names}"
 
 
 def cutoff_of(end: str | date) -> datetime:
@@ -85,21 +92,39 @@ def known_through(observed: dict[str, datetime]) -> dict[str, datetime]:
     return out
 
 
+def _first_of_groups(ids: np.ndarray) -> np.ndarray:
+    first = np.ones(len(ids), bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return first
+
+
+def _last_of_groups(ids: np.ndarray) -> np.ndarray:
+    last = np.ones(len(ids), bool)
+    last[:-1] = ids[:-1] != ids[1:]
+    return last
+
+
 def load_labels(
     lake: Any,
     start: str,
     end: str,
-    label_age_days: int = DEFAULT_LABEL_AGE_DAYS,
+    horizon_days: int = DEFAULT_LABEL_HORIZON_DAYS,
     min_hearts: int = MIN_HEARTS,
+    *,
+    through: str | None = None,
 ):
-    """Latest snapshot of each post in `posts_clean` start..end (inclusive), label filter
-    applied (maturity at `observed_at`, when its count is last known to hold: `known_through`):
-    a pyarrow Table (id, hearts, comment_count, created_at, ds, observed_at, caption_key),
-    sorted by id."""
+    """The labelled posts created start..end (inclusive days, UTC), read from the `posts_clean`
+    partitions start..`through` (default `end`): a pyarrow Table sorted by id with
+    id, hearts, comment_count (at the horizon), created_at, ds (partition of the label's
+    snapshot), observed_at (when that count is last known to hold), feature_ds (partition of the
+    first snapshot: the post as posted) and caption_key (of the first snapshot's caption).
+    A post is labelled when its horizon `created_at + horizon_days` is covered (module
+    docstring) and its label snapshot has hearts >= `min_hearts`."""
     import pyarrow as pa
 
+    through = through or end
     cols = ["id", "hearts", "comment_count", "created_at", "updated_at", "caption"]
-    parts = [d for d in lake.partitions(DATASET_CLEAN, since=start) if d <= end]
+    parts = [d for d in lake.partitions(DATASET_CLEAN, since=start) if d <= through]
     known = known_through({d: observed_at(lake.read_manifest(DATASET_CLEAN, d), d) for d in parts})
     tables = []
     for d in parts:
@@ -108,24 +133,33 @@ def load_labels(
         seen = pa.array([known[d]] * t.num_rows, pa.timestamp("us"))
         tables.append(t.append_column("observed_at", seen))
     if not tables:
-        raise FileNotFoundError(f"no posts_clean partitions between {start} and {end}")
-    t = pa.concat_tables(tables).sort_by(
-        [("id", "ascending"), ("ds", "ascending"), ("updated_at", "ascending")]
-    )
+        raise FileNotFoundError(f"no posts_clean partitions between {start} and {through}")
+    t = pa.concat_tables(tables)
+    created = t["created_at"].to_numpy(zero_copy_only=False).astype("datetime64[us]")
+    lo = np.datetime64(date.fromisoformat(start), "us")
+    hi = np.datetime64(cutoff_of(end), "us")
+    t = t.filter(pa.array((created >= lo) & (created < hi)))  # NaT compares False: dropped
+    t = t.sort_by([("id", "ascending"), ("ds", "ascending"), ("updated_at", "ascending")])
     ids = t["id"].to_numpy()
-    last = np.ones(len(ids), bool)
-    last[:-1] = ids[:-1] != ids[1:]
-    t = t.filter(pa.array(last))
-    keep = label_mask(
-        t["created_at"].to_numpy(),
-        t["hearts"].to_numpy(),
-        t["observed_at"].to_numpy(),
-        label_age_days,
-        min_hearts,
+    first = t.filter(pa.array(_first_of_groups(ids)))  # the post as posted
+    created = t["created_at"].to_numpy(zero_copy_only=False).astype("datetime64[us]")
+    updated = t["updated_at"].to_numpy(zero_copy_only=False).astype("datetime64[us]")
+    horizon = created + np.timedelta64(timedelta(days=horizon_days), "us")
+    before = t.filter(pa.array(updated <= horizon))  # snapshots of the count up to the horizon
+    label = before.filter(pa.array(_last_of_groups(before["id"].to_numpy())))
+    h = label["created_at"].to_numpy(zero_copy_only=False).astype("datetime64[us]")
+    h = h + np.timedelta64(timedelta(days=horizon_days), "us")
+    seen = label["observed_at"].to_numpy(zero_copy_only=False).astype("datetime64[us]")
+    keep = (seen >= h) & (label["hearts"].to_numpy(zero_copy_only=False) >= min_hearts)
+    label = label.filter(pa.array(keep))
+    at = np.searchsorted(first["id"].to_numpy(), label["id"].to_numpy())
+    first = first.take(pa.array(at))
+    keys = pa.array([caption_key(c) for c in first["caption"].to_pylist()], pa.uint64())
+    return (
+        label.drop_columns(["updated_at", "caption"])
+        .append_column("feature_ds", first["ds"])
+        .append_column("caption_key", keys)
     )
-    t = t.filter(pa.array(keep))
-    keys = pa.array([caption_key(c) for c in t["caption"].to_pylist()], pa.uint64())
-    return t.drop_columns(["updated_at", "caption"]).append_column("caption_key", keys)
 
 
 # -- CLI: python -m ml tune-bins ---------------------------------------------------------------
@@ -139,21 +173,24 @@ def main(argv: list[str]) -> int:
     p.add_argument("--start", required=True, help="first posts_clean partition (YYYY-MM-DD)")
     p.add_argument("--end", required=True, help="last posts_clean partition (YYYY-MM-DD)")
     p.add_argument("--n-bins", type=int, help="default: as many as POSTFLOW_BIN_EDGES has")
-    p.add_argument("--label-age-days", type=int, help="default: POSTFLOW_LABEL_AGE_DAYS (settings)")
+    p.add_argument(
+        "--label-horizon-days", type=int, help="default: POSTFLOW_LABEL_HORIZON_DAYS (settings)"
+    )
     args = p.parse_args(argv)
 
     from ml.config import Settings
     from ml.lake.partitions import Lake
 
     settings = Settings.load()
-    age = settings.label_age_days if args.label_age_days is None else args.label_age_days
-    labels = load_labels(Lake.from_settings(settings), args.start, args.end, label_age_days=age)
+    h = settings.label_horizon_days if args.label_horizon_days is None else args.label_horizon_days
+    labels = load_labels(Lake.from_settings(settings), args.start, args.end, h)
     counts = labels["comment_count"].to_numpy()
     edges = tune_bins(counts, args.n_bins or len(settings.edges))
     print(
         json.dumps(
             {
                 "rows": int(len(counts)),
+                "target": target_sentence(h, settings.edges),
                 "proposed_edges": list(edges),
                 "proposed_histogram": histogram(bin_labels(counts, edges), len(edges)),
                 "current_edges": list(settings.edges),

@@ -32,6 +32,7 @@ from ml.lake.partitions import code_version as current_code_version
 from ml.lake.schema import N_FEATURES
 from ml.learn.bins import bin_names
 from ml.learn.confusion import confusion_png
+from ml.learn.labels import target_sentence
 from ml.learn.serving import MODEL_DIR_ARTIFACT, pyfunc_code, pyfunc_model
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ VERSION_TAGS = (
     "postflow.random_weights",
     "postflow.edges",
     "postflow.family",
+    "postflow.image_model",
+    "postflow.text_model",
+    "postflow.label_horizon_days",
+    "postflow.target",
 )
 
 
@@ -174,8 +179,9 @@ def image_weights_tag(image_models: Sequence[str]) -> str:
 # -- logging a training run ---------------------------------------------------------------------
 
 
-def _run_params(result: Any, label_age_days: int | None) -> dict[str, str]:
+def _run_params(result: Any) -> dict[str, str]:
     data, cfg = result.data, result.mlp.config
+    image_model, text_model = data.encoder_pair()
     params: dict[str, Any] = {
         "family": result.family,
         "window_start": data.window[0],
@@ -184,9 +190,12 @@ def _run_params(result: Any, label_age_days: int | None) -> dict[str, str]:
         "n_classes": len(data.edges),
         "image_models": json.dumps(list(data.image_models)),
         "text_models": json.dumps(list(data.text_models)),
+        # what the model is made of: the gate compares only models equal in these
+        "image_model": image_model,  # names its weights; a weights file by its sha256
+        "text_model": text_model,
+        "label_horizon_days": data.horizon_days,
+        "target": target_sentence(data.horizon_days, data.edges),
     }
-    if label_age_days is not None:
-        params["label_age_days"] = label_age_days
     for key in (
         "pca_dim",
         "pca_fit_rows",
@@ -269,6 +278,7 @@ def _signature(n_classes: int):
 def run_tags(result: Any, *, ds: str | None, code_version: str | None) -> dict[str, str]:
     data = result.data
     weights = image_weights_tag(data.image_models)
+    image_model, text_model = data.encoder_pair()
     tags = {
         "postflow.window": f"{data.window[0]}..{data.window[1]}",
         "postflow.code_version": code_version or current_code_version(),
@@ -277,6 +287,10 @@ def run_tags(result: Any, *, ds: str | None, code_version: str | None) -> dict[s
         "postflow.edges": json.dumps(list(data.edges)),
         "postflow.family": result.family,
         "postflow.step": "train",
+        "postflow.image_model": image_model,
+        "postflow.text_model": text_model,
+        "postflow.label_horizon_days": str(data.horizon_days),
+        "postflow.target": target_sentence(data.horizon_days, data.edges),
     }
     if ds:
         tags["postflow.ds"] = ds
@@ -289,17 +303,15 @@ def log_training(
     *,
     ds: str | None = None,
     code_version: str | None = None,
-    label_age_days: int | None = None,
 ) -> str:
     """Log a `TrainingResult` as one run of settings.mlflow_experiment; returns its run id.
-    `label_age_days` (default settings.label_age_days) is recorded so that `promote` rebuilds
-    exactly the labels the run was scored on."""
+    The label horizon and edges are recorded so that `promote` rebuilds exactly the labels the
+    run was scored on, and the encoders so that the gate compares only like models."""
     import mlflow.pyfunc
     from mlflow.entities import Metric, Param
 
     client = connect(settings)
     exp_id = experiment_id(client, settings)
-    age = settings.label_age_days if label_age_days is None else label_age_days
     tags = run_tags(result, ds=ds, code_version=code_version)
     if tags["postflow.random_weights"] == "true":
         log.warning("image features come from a RANDOMLY initialised ResNet50: run tagged so")
@@ -310,7 +322,7 @@ def log_training(
         mlflow.start_run(experiment_id=exp_id, run_name=name, tags=tags) as run,
     ):
         run_id = run.info.run_id
-        params = [Param(k, v) for k, v in _run_params(result, age).items()]
+        params = [Param(k, v) for k, v in _run_params(result).items()]
         metrics = [Metric(k, v, now, step) for k, v, step in _run_metrics(result)]
         client.log_batch(run_id, params=params)
         for i in range(0, len(metrics), 1000):

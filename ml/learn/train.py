@@ -17,6 +17,7 @@ from typing import Any
 from ml.config import parse_edges, redact_uri
 from ml.learn.bins import histogram
 from ml.learn.dataset import SPLITS, TrainingData, build_split, split_features
+from ml.learn.labels import target_sentence
 from ml.learn.model import TrainConfig, TrainedModel, evaluate, train_baselines, train_model
 
 # -- the whole step -----------------------------------------------------------------------------
@@ -43,6 +44,7 @@ class TrainingResult:
             "split_sizes": self.split_sizes,
             "edges": list(self.data.edges),
             "image_models": self.data.image_models,
+            "target": target_sentence(self.data.horizon_days, self.data.edges),
             "family": self.family,
             "best_epoch": self.mlp.best_epoch,
             "epochs": len(self.mlp.history),
@@ -64,7 +66,9 @@ def pick_family(metrics: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 def run_training(data: TrainingData, config: TrainConfig | None = None) -> TrainingResult:
     """Train the MLP and the baselines on the train split, evaluate all three on val and test,
-    and pick the family to register on validation (test stays untouched by the choice)."""
+    and pick the family to register on validation (test stays untouched by the choice). Refuses
+    (ValueError) a window whose features come from more than one encoder pair."""
+    data.encoder_pair()
     cfg = replace(config or TrainConfig(), n_classes=len(data.edges))
     t0 = time.monotonic()
     sizes = {s: int(data.part(s).sum()) for s in SPLITS}
@@ -104,7 +108,7 @@ def main(argv: list[str]) -> int:
         "--edges", help="comment-count bin edges, e.g. 0,1,3,10 (default: POSTFLOW_BIN_EDGES)"
     )
     p.add_argument(
-        "--label-age-days", type=int, default=None, help="default: POSTFLOW_LABEL_AGE_DAYS"
+        "--label-horizon-days", type=int, default=None, help="default: POSTFLOW_LABEL_HORIZON_DAYS"
     )
     p.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
     p.add_argument("--out", default=None, help="save the model here (model.npz + model.json)")
@@ -130,10 +134,21 @@ def main(argv: list[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     lake = Lake.from_settings(settings)
+    from ml.ingest.source_check import held_back
+
+    held = held_back(lake, args.start, args.end)
+    if held:  # the source broke the label's assumption: no model learns from these labels
+        print(f"error: labels of {args.start}..{args.end} held back, {held}", file=sys.stderr)
+        return 3
     edges = parse_edges(args.edges) if args.edges else settings.edges
-    age = settings.label_age_days if args.label_age_days is None else args.label_age_days
-    split = build_split(lake, args.start, args.end, edges, age)
+    h = settings.label_horizon_days if args.label_horizon_days is None else args.label_horizon_days
+    split = build_split(lake, args.start, args.end, edges, h)
     data = split_features(lake, split)
+    try:
+        data.encoder_pair()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         n_classes=len(edges),
         device=args.device or settings.device,
@@ -151,7 +166,7 @@ def main(argv: list[str]) -> int:
         from ml.learn import registry
 
         try:
-            run_id = registry.log_training(result, settings, ds=args.ds, label_age_days=age)
+            run_id = registry.log_training(result, settings, ds=args.ds)
             client = registry.connect(settings)
             exp_id = client.get_run(run_id).info.experiment_id
             version = registry.register_challenger(run_id, settings) if args.register else None

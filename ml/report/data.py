@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from ml.lake.partitions import code_version
-from ml.lake.schema import DATASET_CLEAN, DATASET_QUARANTINE, DATASET_RAW
+from ml.lake.schema import DATASET_CLEAN, DATASET_QUARANTINE, DATASET_RAW, DATASET_SOURCE_CHECK
 from ml.learn.bins import DEFAULT_EDGES
 from ml.learn.dataset import SPLITS, WindowSplit, build_split, split_features
+from ml.learn.labels import target_sentence
 from ml.learn.model import metrics_from_predictions
 from ml.learn.registry import connect, load_version
 from ml.report.drift import DRIFT_SAMPLE_ROWS, drift_section
@@ -101,7 +102,14 @@ def data_quality(lake: Any, week: Week) -> dict[str, Any]:
 
     ingested = total("ingested")
     quarantined = total("quarantined")
+    checks = []  # `ml.ingest.source_check`: did counts move without updated_at?
+    for ds in week.days:
+        m = lake.read_manifest(DATASET_SOURCE_CHECK, ds)
+        if m is not None and "held" in m:
+            keys = ("sampled", "unchanged", "silent_changes", "fraction", "held", "reason")
+            checks.append({"ds": ds} | {k: m.get(k) for k in keys})
     return {
+        "source_checks": checks,
         "days": days,
         "reasons": sorted(reasons_total, key=lambda k: (-reasons_total[k], k)),
         "totals": {
@@ -130,7 +138,7 @@ def label_split(lake: Any, settings: Any, week: Week, edges: Sequence[int]) -> W
     window = training_window(settings, week)
     try:
         split = build_split(
-            lake, *window, edges, settings.label_age_days, labels_only_fallback=True
+            lake, *window, edges, settings.label_horizon_days, labels_only_fallback=True
         )
     except FileNotFoundError:
         return None
@@ -142,7 +150,8 @@ def labels_section(split: WindowSplit | None, settings: Any, week: Week, edges) 
     out: dict[str, Any] = {
         "window": list(window),
         "edges": list(edges),
-        "label_age_days": settings.label_age_days,
+        "label_horizon_days": settings.label_horizon_days,
+        "target": target_sentence(settings.label_horizon_days, edges),
         "rows": 0 if split is None else int(len(split.ids)),
         "with_features": bool(split and split.with_features),
         "without_features": 0 if split is None else split.missing_features,
@@ -301,6 +310,13 @@ def collect(
     elif quality["totals"]["days_with_data"] < 7:
         missing = [d["ds"] for d in quality["days"] if d["status"] == "missing"]
         notes.append(f"No posts_etl data for {len(missing)} day(s): {', '.join(missing)}.")
+    for c in quality.get("source_checks", []):
+        if c["silent_changes"]:
+            notes.append(
+                f"Source check {c['ds']}: {c['silent_changes']} of {c['unchanged']} posts re-read "
+                "from MySQL changed comment_count without moving updated_at"
+                + (f"; the labels were held back ({c['reason']})." if c["held"] else ".")
+            )
     if week.end > now.date():
         notes.append(f"The week is not over yet ({now:%Y-%m-%d %H:%M} UTC): its data is partial.")
     if not versions:
@@ -314,7 +330,7 @@ def collect(
         notes.append(
             "No labelled posts in the training window "
             f"{training_window(settings, week)[0]} to {training_window(settings, week)[1]} "
-            f"(labels need {settings.label_age_days} days to settle)."
+            f"(a post is labelled {settings.label_horizon_days} days after it was posted)."
         )
     notes += eval_notes
     champion_out = None
@@ -344,6 +360,7 @@ def collect(
         "generated_at": now.isoformat(timespec="seconds"),
         "code_version": code_version(),
         "registered_model": settings.registered_model,
+        "target": target_sentence(settings.label_horizon_days, edges),
         "notes": notes,
         "flags": list(drift["flags"]),
         "quality": quality,

@@ -4,15 +4,21 @@ The weekly report compares this week's matured labels and this week's embeddings
 the four weeks before the week (`DRIFT_REFERENCE_WEEKS`). Not with the champion's training
 window: a model trained on data up to the week's end has the week in its window, which would
 compare the week with itself and hide its change. Everything is a population stability index
-(PSI) over the same bins, flagged above `settings.drift_psi_threshold` with a sentence a reader
-can act on. Statistics first (`psi`, `quantile_bins`, `binned`, `embedding_drift`), then what the
+(PSI) over the same bins, flagged with a sentence a reader can act on only when it is above both
+`settings.drift_psi_threshold` and its *noise floor*, with at least `settings.drift_min_sample`
+rows on each side. PSI grows with sampling noise as samples shrink (a quiet week of 40 posts
+against 4 weeks of 2,000 can pass 0.2 with nothing changed), so the floor is measured at the
+same sizes: the reference resampled against itself (`NOISE_RESAMPLES` times, seeded), its
+`NOISE_QUANTILE`. The embeddings compared are a seeded random sample of each period's rows, not
+the first rows of each file; the labels are at the training horizon (`ml.learn.labels`).
+Statistics first (`psi`, `quantile_bins`, `binned`, `embedding_drift`, `alarms`), then what the
 report shows (`drift_section`). Read-only, keyed by an ISO week.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -26,6 +32,8 @@ DRIFT_SAMPLE_ROWS = 10_000  # embeddings read per window for the drift statistic
 DRIFT_REFERENCE_WEEKS = 4  # the week is compared with this many weeks before it
 DRIFT_BINS = 10
 PSI_EPS = 1e-4
+NOISE_RESAMPLES = 200  # resamples of the reference against itself, for the noise floor
+NOISE_QUANTILE = 0.95  # the floor: PSI that chance alone reaches 1 time in 20 at these sizes
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -69,11 +77,44 @@ def _top_component(X: np.ndarray, iters: int = 30, seed: int = 0) -> np.ndarray:
     return v
 
 
-def embedding_drift(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
+def _floor(values: list[float]) -> float:
+    return float(np.quantile(values, NOISE_QUANTILE)) if values else 0.0
+
+
+def label_noise_floor(ref_y: np.ndarray, n_week: int, n_classes: int, seed: int = 0) -> float:
+    """The PSI that two samples of the reference labels, of the reference's and the week's
+    sizes, reach by chance (`NOISE_QUANTILE` of `NOISE_RESAMPLES` draws)."""
+    rng = np.random.default_rng(seed)
+    ref_y = np.asarray(ref_y, np.int64)
+    out = []
+    for _ in range(NOISE_RESAMPLES):
+        a = rng.choice(ref_y, len(ref_y))
+        b = rng.choice(ref_y, n_week)
+        out.append(psi(histogram(a, n_classes), histogram(b, n_classes))[0])
+    return _floor(out)
+
+
+def _psi_of_values(r: np.ndarray, c: np.ndarray) -> float:
+    edges = quantile_bins(r)
+    return psi(binned(r, edges), binned(c, edges))[0]
+
+
+def _values_noise_floor(r: np.ndarray, n_week: int, rng: np.random.Generator) -> float:
+    return _floor(
+        [
+            _psi_of_values(rng.choice(r, len(r)), rng.choice(r, n_week))
+            for _ in range(NOISE_RESAMPLES)
+        ]
+    )
+
+
+def embedding_drift(ref: np.ndarray, cur: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """PSI of the vector norm and of the projection on the reference's first principal
-    direction (deciles of the reference), and the cosine between the two mean vectors."""
+    direction (deciles of the reference), each with its noise floor at these sample sizes, and
+    the cosine between the two mean vectors."""
     ref = ref.astype(np.float64)
     cur = cur.astype(np.float64)
+    rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"reference_n": int(len(ref)), "week_n": int(len(cur))}
     mu = ref.mean(0)
     pc1 = _top_component(ref - mu)
@@ -81,9 +122,8 @@ def embedding_drift(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
         ("norm", np.linalg.norm(ref, axis=1), np.linalg.norm(cur, axis=1)),
         ("pc1", (ref - mu) @ pc1, (cur - mu) @ pc1),
     ):
-        edges = quantile_bins(r)
-        total, _ = psi(binned(r, edges), binned(c, edges))
-        out[f"psi_{name}"] = total
+        out[f"psi_{name}"] = _psi_of_values(r, c)
+        out[f"noise_floor_{name}"] = _values_noise_floor(r, len(c), rng)
     mc = cur.mean(0)
     denom = np.linalg.norm(mu) * np.linalg.norm(mc)
     out["mean_cosine"] = float(mu @ mc / denom) if denom > 0 else None
@@ -91,13 +131,33 @@ def embedding_drift(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def alarms(
+    value: float, floor: float, threshold: float, n_ref: int, n_week: int, min_n: int
+) -> bool:
+    """Whether a PSI is drift: above the threshold and above its noise floor, with at least
+    `min_n` rows on each side."""
+    return min(n_ref, n_week) >= min_n and value > max(threshold, floor)
+
+
+def embedding_alarm(d: dict[str, Any], threshold: float, min_n: int) -> str | None:
+    """Which statistic of an `embedding_drift` alarms ("length", "main direction"), or None."""
+    hits = [
+        (d[f"psi_{k}"] - max(threshold, d[f"noise_floor_{k}"]), label)
+        for k, label in (("norm", "length"), ("pc1", "main direction"))
+        if alarms(
+            d[f"psi_{k}"], d[f"noise_floor_{k}"], threshold, d["reference_n"], d["week_n"], min_n
+        )
+    ]
+    return max(hits)[1] if hits else None
+
+
 # -- the week against the weeks before it -------------------------------------------------------
 
 
-def _labels(lake: Any, start: str, end: str, label_age_days: int):
+def _labels(lake: Any, start: str, end: str, horizon_days: int, through: str):
     """`ml.learn.labels.load_labels`, or None when the window has no posts_clean partition."""
     try:
-        return load_labels(lake, start, end, label_age_days=label_age_days)
+        return load_labels(lake, start, end, horizon_days, through=through)
     except FileNotFoundError:
         return None
 
@@ -110,18 +170,17 @@ def reference_window(week: Week, weeks: int = DRIFT_REFERENCE_WEEKS) -> tuple[da
 def matured_labels(
     lake: Any, settings: Any, first_day: date, last_day: date, edges: Sequence[int]
 ) -> np.ndarray | None:
-    """Classes of the labels that matured in first_day..last_day: posts created in
-    [first_day - label age, last_day + 1 - label age), latest snapshot up to last_day."""
-    age = timedelta(days=settings.label_age_days)
-    first = first_day - age
-    t = _labels(lake, first.isoformat(), last_day.isoformat(), settings.label_age_days)
+    """Classes of the labels whose horizon fell in first_day..last_day: the posts created in
+    [first_day - H, last_day - H] (H = the label horizon, the same target as training's), read
+    from the partitions up to last_day."""
+    h = timedelta(days=settings.label_horizon_days)
+    first, last = first_day - h, last_day - h
+    t = _labels(
+        lake, first.isoformat(), last.isoformat(), settings.label_horizon_days, last_day.isoformat()
+    )
     if t is None or t.num_rows == 0:
         return None
-    created = t["created_at"].to_numpy().astype("datetime64[us]")
-    keep = created >= np.datetime64(datetime.combine(first, datetime.min.time()), "us")
-    if not keep.any():
-        return None
-    return np.asarray(bin_labels(t["comment_count"].to_numpy()[keep], edges)).reshape(-1)
+    return np.asarray(bin_labels(t["comment_count"].to_numpy(), edges)).reshape(-1)
 
 
 def drift_section(
@@ -134,6 +193,7 @@ def drift_section(
     """The report's `drift` section: labels and embeddings of `week` against the four weeks
     before it (`reference_window`), with plain-language flags."""
     threshold = settings.drift_psi_threshold
+    min_n = settings.drift_min_sample
     first, last = reference_window(week)
     ref_window = (first.isoformat(), last.isoformat())
     ref_text = f"the {DRIFT_REFERENCE_WEEKS} weeks before ({ref_window[0]} to {ref_window[1]})"
@@ -142,6 +202,7 @@ def drift_section(
         "reference_window": list(ref_window),
         "reference_weeks": DRIFT_REFERENCE_WEEKS,
         "reference_source": f"the {DRIFT_REFERENCE_WEEKS} weeks before the week",
+        "min_sample": min_n,
         "labels": None,
         "embeddings": {},
         "flags": [],
@@ -154,6 +215,8 @@ def drift_section(
         ref_h = histogram(ref_y, len(edges))
         cur_h = histogram(cur_y, len(edges))
         total, per_bin = psi(ref_h, cur_h)
+        floor = label_noise_floor(ref_y, len(cur_y), len(edges))
+        drifted = alarms(total, floor, threshold, len(ref_y), len(cur_y), min_n)
         out["labels"] = {
             "reference": ref_h,
             "week": cur_h,
@@ -161,32 +224,36 @@ def drift_section(
             "week_share": [h / sum(cur_h) for h in cur_h],
             "psi_per_bin": per_bin,
             "psi": total,
-            "drifted": total > threshold,
+            "noise_floor": floor,
+            "drifted": drifted,
         }
-        if total > threshold:
+        if drifted:
             worst = int(np.argmax(np.abs(per_bin)))
             then, now = out["labels"]["reference_share"][worst], out["labels"]["week_share"][worst]
             out["flags"].append(
                 f"The labels that settled this week are distributed differently from "
-                f"{ref_text} (PSI {total:.2f} > {threshold:.2f}); the largest change is in "
+                f"{ref_text} (PSI {total:.2f} > {max(threshold, floor):.2f}, the threshold or "
+                f"what chance reaches at these sizes); the largest change is in "
                 f"the bin of {bin_names(edges)[worst]} comments: {then:.1%} of posts then, "
                 f"{now:.1%} now."
             )
     ref_d = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
-    ref_x = sample_features(lake, ref_d, max_rows)
-    cur_x = sample_features(lake, week.days, max_rows)
+    ref_x = sample_features(lake, ref_d, max_rows, seed=0)
+    cur_x = sample_features(lake, week.days, max_rows, seed=1)
     out["reference_embeddings"] = 0 if ref_x is None else len(ref_x[0])
     out["week_embeddings"] = 0 if cur_x is None else len(cur_x[0])
     if ref_x is not None and cur_x is not None and min(len(ref_x[0]), len(cur_x[0])) >= 2:
         for i, name in enumerate(("image", "caption")):
             d = embedding_drift(ref_x[i], cur_x[i])
-            d["drifted"] = d["psi"] > threshold
+            which = embedding_alarm(d, threshold, min_n)
+            d["drifted"] = which is not None
             out["embeddings"][name] = d
-            if d["drifted"]:
-                which = "length" if d["psi_norm"] >= d["psi_pc1"] else "main direction"
+            if which is not None:
+                key = "norm" if which == "length" else "pc1"
+                bar = max(threshold, d[f"noise_floor_{key}"])
                 out["flags"].append(
                     f"The {name} embeddings of this week's posts differ from {ref_text} "
-                    f"(PSI {d['psi']:.2f} > {threshold:.2f}, in their {which}): the "
+                    f"(PSI {d[f'psi_{key}']:.2f} > {bar:.2f}, in their {which}): the "
                     f"{name}s look different, the model may be less accurate on them."
                 )
     return out

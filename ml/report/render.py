@@ -77,6 +77,8 @@ def render_text(data: dict[str, Any], link: dict[str, Any] | None = None) -> str
     bins = bin_names(r["labels"]["edges"])
     out.append(f"postflow weekly report {r['week']}")
     out.append(f"Monday {r['start']} to Sunday {r['end']} (UTC), model {r['registered_model']}")
+    if r.get("target"):  # reports archived before the target was stated lack it
+        out.append(f"The model predicts {r['target']}.")
     if link:
         out.append(f"Full report: {link.get('url') or ''} ({link['text']})")
     out.append("")

@@ -1,7 +1,9 @@
 """The Kubernetes step runner: the same `python -m ml <step>` in a pod of the ML image
 (KubernetesPodOperator). Credentials come from the Secret `k8s_secret` (envFrom), every other
 setting is an env literal; GPU steps get `nvidia.com/gpu`, the GPU node selector and tolerations,
-the pool `k8s_gpu_pool` (caps how many run at once) and an `execution_timeout`. `POD_WRAPPER`
+the pool `k8s_gpu_pool` (caps how many run at once), an `execution_timeout` and the same
+`activeDeadlineSeconds` on the pod, POSTFLOW_DEVICE=cuda (no GPU: the step fails, it does not
+embed on CPU), and wait deferred (the triggerer watches the pod, no worker slot held). `POD_WRAPPER`
 runs the command and writes its JSON result to /airflow/xcom/return.json, where the provider's
 XCom sidecar picks it up."""
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from airflow.sdk import BaseOperator
 
@@ -86,6 +89,14 @@ def parse_tolerations(spec: str) -> list[dict[str, str]]:
     return out
 
 
+def without_credentials(uri: str) -> str:
+    """The URI without its user:password part (credentials reach pods from the Secret only)."""
+    parts = urlsplit(uri)
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def pod_kwargs(step: str, *, gpu: bool, settings: Settings) -> dict[str, Any]:
     """KubernetesPodOperator arguments for one `ml` step (the step's own arguments excluded)."""
     from kubernetes.client import models as k8s
@@ -94,6 +105,11 @@ def pod_kwargs(step: str, *, gpu: bool, settings: Settings) -> dict[str, Any]:
     limits = {**limits, "nvidia.com/gpu": str(settings.k8s_gpus)} if gpu else dict(limits)
     env = {**settings_env(settings, secrets=False), "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith(RUNNER_ENV_PREFIXES)}
+    # The workers' MLflow URI, the only one (its credentials: MLFLOW_TRACKING_* in the Secret)
+    if settings.mlflow_uri:
+        env["POSTFLOW_MLFLOW_URI"] = without_credentials(settings.mlflow_uri)
+    if gpu:
+        env["POSTFLOW_DEVICE"] = "cuda"
     restricted = k8s.V1SecurityContext(
         allow_privilege_escalation=False,
         capabilities=k8s.V1Capabilities(drop=["ALL"]),
@@ -140,6 +156,12 @@ def pod_kwargs(step: str, *, gpu: bool, settings: Settings) -> dict[str, Any]:
         "log_events_on_failure": True,
     }
     if gpu:
+        # a GPU step runs for hours: the triggerer waits for it, not a Celery worker slot
+        kwargs["deferrable"] = True
+        if settings.k8s_gpu_timeout_s > 0:
+            # the pod stops itself at the deadline even when no Airflow process is left to
+            # kill it (execution_timeout acts from Airflow's side only)
+            kwargs["active_deadline_seconds"] = settings.k8s_gpu_timeout_s
         kwargs["node_selector"] = parse_node_selector(settings.k8s_node_selector)
         kwargs["tolerations"] = [
             k8s.V1Toleration(**t) for t in parse_tolerations(settings.k8s_tolerations)

@@ -90,8 +90,8 @@ def plan_retrain(days: list[str], settings: Settings, lake: Lake | None = None) 
         end,
         "--ds",
         end,
-        "--label-age-days",
-        str(settings.label_age_days),
+        "--label-horizon-days",
+        str(settings.label_horizon_days),
         "--edges",
         settings.bin_edges,
     ]

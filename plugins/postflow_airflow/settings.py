@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,6 +43,15 @@ def task_settings(mysql_conn_id: str = POSTS_MYSQL_CONN_ID) -> Settings:
     target = MySQLTarget.from_airflow_connection(conn)
     log.info("source from Airflow connection %r: %s", mysql_conn_id, target.describe())
     return settings.replace(mysql_uri=target.uri())
+
+
+def execution_timeout(setting: str) -> timedelta | None:
+    """A task's `execution_timeout` from a `*_timeout_s` setting (0: none), read when the DAG file
+    is parsed: a hung task fails and frees its worker slot instead of holding it for good."""
+    from ml.config import Settings
+
+    seconds = int(getattr(Settings.load(), setting))
+    return timedelta(seconds=seconds) if seconds > 0 else None
 
 
 def window_of(context: dict[str, Any]) -> Window:

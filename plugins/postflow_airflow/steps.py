@@ -32,6 +32,7 @@ nothing when it printed no JSON. DAGs build steps with `ml_step(...)` or, one ta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -62,6 +63,10 @@ def _operator_and_kwargs(
     # The Celery queue of the worker whose image has the ML dependencies (compose: "ml").
     kwargs = {"queue": settings.ml_queue, **kwargs}
     if settings.step_runner == "local":
+        # a hung step fails and frees the worker slot (a DAG may pass its own)
+        if settings.local_step_timeout_s > 0:
+            timeout = timedelta(seconds=settings.local_step_timeout_s)
+            kwargs = {"execution_timeout": timeout, **kwargs}
         return MLStepOperator, {"step": step, "gpu": gpu, **kwargs}
     if settings.step_runner == "kubernetes":
         return pod_operator_class(), {

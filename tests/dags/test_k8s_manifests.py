@@ -156,7 +156,10 @@ def test_secret_template_holds_only_placeholders():
     (secret,) = by_kind("Secret")
     assert "data" not in secret, "base64 data is not a template"
     values = secret["stringData"]
-    assert {"POSTFLOW_MYSQL_URI", "POSTFLOW_MLFLOW_URI", "AWS_SECRET_ACCESS_KEY"} <= set(values)
+    needed = {"POSTFLOW_MYSQL_URI", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY"}
+    assert needed <= set(values)
+    # one MLflow URI: the workers', handed to the pod as an env literal (pod_runner)
+    assert "POSTFLOW_MLFLOW_URI" not in values
     for key, value in values.items():
         if "://" in value:
             password = urlsplit(value).password

@@ -98,7 +98,9 @@ def test_embed_step_renders_a_gpu_pod(k8s_settings):
     env = {e.name: e.value for e in base.env}
     assert env["POSTFLOW_LAKE"] == "s3://lake/postflow"
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert "POSTFLOW_MYSQL_URI" not in env and "POSTFLOW_MLFLOW_URI" not in env
+    assert "POSTFLOW_MYSQL_URI" not in env
+    # the workers' MLflow URI, its credentials left to the Secret (MLFLOW_TRACKING_*)
+    assert env["POSTFLOW_MLFLOW_URI"] == "http://mlflow.internal:5000"
     assert not [k for k in env if k.startswith(("POSTFLOW_K8S_", "POSTFLOW_STEP_RUNNER"))]
     # The XCom sidecar is there, and every container would pass Pod Security "restricted".
     assert sidecar.name == "airflow-xcom-sidecar"
@@ -110,6 +112,38 @@ def test_embed_step_renders_a_gpu_pod(k8s_settings):
         assert c.security_context.allow_privilege_escalation is False
         assert c.security_context.capabilities.drop == ["ALL"]
         assert c.security_context.seccomp_profile.type == "RuntimeDefault"
+
+
+def test_gpu_pods_wait_deferred_with_a_pod_side_deadline_and_need_cuda(k8s_settings):
+    """The triggerer waits for a GPU pod (no worker slot held for hours); the pod stops itself at
+    the deadline (activeDeadlineSeconds) even with no Airflow process left to kill it; and a node
+    without a usable GPU fails the step (POSTFLOW_DEVICE=cuda) instead of embedding on CPU."""
+    from postflow_airflow.steps import ml_step
+
+    op = ml_step("embed_posts", "embed", ["--ds", DS], settings=k8s_settings)
+    assert op.deferrable is True
+    deadline = k8s_settings.k8s_gpu_timeout_s
+    assert op.execution_timeout == timedelta(seconds=deadline)
+    pod = build_pod(op)
+    assert pod.spec.active_deadline_seconds == deadline > 0
+    env = {e.name: e.value for e in pod.spec.containers[0].env}
+    assert env["POSTFLOW_DEVICE"] == "cuda"
+    cpu = ml_step("tune_bins", "tune-bins", [], settings=k8s_settings)
+    assert not cpu.deferrable
+    cpu_pod = build_pod(cpu)
+    assert cpu_pod.spec.active_deadline_seconds is None
+    cpu_env = {e.name: e.value for e in cpu_pod.spec.containers[0].env}
+    assert cpu_env["POSTFLOW_DEVICE"] == k8s_settings.device != "cuda"
+
+
+def test_local_steps_get_an_execution_timeout():
+    from postflow_airflow.steps import ml_step
+
+    settings = Settings.load({"step_runner": "local"})
+    op = ml_step("train_model", "train", [], settings=settings)
+    assert op.execution_timeout == timedelta(seconds=settings.local_step_timeout_s)
+    op = ml_step("train_model", "train", [], settings=settings, execution_timeout=timedelta(60))
+    assert op.execution_timeout == timedelta(60), "a DAG's own timeout wins"
 
 
 def test_pod_serializes_without_secrets_and_round_trips(k8s_settings):
@@ -256,11 +290,12 @@ def test_mlflow_link(monkeypatch):
 
 @pytest.fixture
 def tiny_lake(tmp_path, monkeypatch) -> Path:
-    """One posts_clean partition of 40 labelled posts (what `tune-bins` reads)."""
+    """One posts_clean partition of 40 posts created that day, labelled at horizon 0 (what
+    `tune-bins` reads)."""
     from ml.lake.partitions import Lake
     from tools.synthetic import write_posts_clean
 
-    created = datetime(2026, 10, 1)
+    created = datetime(2026, 11, 1, 12)  # in DS's window: the labelled population
     n = 40
     root = tmp_path / "lake"
     write_posts_clean(
@@ -277,6 +312,7 @@ def tiny_lake(tmp_path, monkeypatch) -> Path:
     )
     monkeypatch.setenv("POSTFLOW_LAKE", str(root))
     monkeypatch.setenv("POSTFLOW_CONFIG", "")
+    monkeypatch.setenv("POSTFLOW_LABEL_HORIZON_DAYS", "0")
     return root
 
 

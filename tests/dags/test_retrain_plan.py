@@ -45,7 +45,7 @@ def test_plan_shards_every_day_and_trains_on_the_window_ending_at_the_last_day()
             "image_weights": "none",
             "device": "cpu",
             "train_window_days": 7,
-            "label_age_days": 0,
+            "label_horizon_days": 0,
         },
         environ={},
     )
@@ -56,7 +56,7 @@ def test_plan_shards_every_day_and_trains_on_the_window_ending_at_the_last_day()
     assert plan["merge"] == ["--ds", "2026-11-09,2026-11-10", "--merge-shards", "2"]
     assert plan["window"] == ["2026-11-04", "2026-11-10"]
     assert plan["train"][:4] == ["--start", "2026-11-04", "--end", "2026-11-10"]
-    assert plan["train"][plan["train"].index("--label-age-days") + 1] == "0"
+    assert plan["train"][plan["train"].index("--label-horizon-days") + 1] == "0"
 
 
 def test_plan_leaves_weights_models_and_device_to_the_machine_that_runs_the_step():

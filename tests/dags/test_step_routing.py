@@ -65,7 +65,7 @@ def test_the_pool_and_queue_settings_stay_off_the_pod_env(k8s):
 def test_retrain_routes_every_ml_step_to_the_ml_queue(monkeypatch):
     monkeypatch.setenv("POSTFLOW_ML_QUEUE", "ml")
     dag = load_dag("retrain")
-    ml_tasks = {"embed_posts", "merge_features", "train_model", "promote_model"}
+    ml_tasks = {"embed_posts", "merge_features", "check_source", "train_model", "promote_model"}
     queues = {t.task_id: t.queue for t in dag.tasks}
     assert {queues[t] for t in ml_tasks} == {"ml"}, queues
     assert {q for t, q in queues.items() if t not in ml_tasks} <= {"default"}, queues

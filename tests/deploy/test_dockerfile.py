@@ -476,6 +476,7 @@ def test_dockerignore_keeps_local_state_out():
         "pyproject.toml",
         "plugins/.airflowignore",
         "deploy/docker/resnet50_weights.py",
+        "deploy/airflow/entrypoint.sh",
     ):
         assert not _ignored(path, patterns), path
 
@@ -497,8 +498,13 @@ def test_ml_image_runs_python_m_ml_as_the_pods_non_root_user(dockerfile):
 def test_airflow_images_run_airflow_as_uid_50000_with_our_dags_and_plugins(dockerfile, target):
     af = targets(dockerfile)[target]
     assert af.all("USER")[-1].args == "50000:0", "the official image's uid, group root"
-    assert json.loads(af.all("ENTRYPOINT")[-1].args) == ["airflow"]
+    # the official image's contract, which the Helm chart's commands and probes run through
+    assert json.loads(af.all("ENTRYPOINT")[-1].args) == ["/entrypoint"]
     copies = [i.args.split()[-2:] for i in af.all("COPY") if not _copy_from(i)]
+    assert ["deploy/airflow/entrypoint.sh", "/entrypoint"] in copies
+    if target == "airflow":  # compose's airflow-init and the Helm chart's migration job run it
+        assert ["deploy/airflow/airflow-init.sh", "/opt/postflow/airflow-init.sh"] in copies
+    assert "chmod 0755 /entrypoint" in " ".join(i.args for i in af.all("RUN"))
     assert ["dags", "/opt/airflow/dags"] in copies
     assert ["plugins", "/opt/airflow/plugins"] in copies
     assert ["expectations", "/opt/airflow/expectations"] in copies
@@ -592,3 +598,11 @@ def test_the_celery_workers_app_imports_with_the_locked_celery():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert importlib.metadata.version("celery") == pins()["celery"]
+
+
+def test_ml_image_leaves_gpu_visibility_to_the_runtime(dockerfile):
+    """NVIDIA_VISIBLE_DEVICES=all baked in makes every GPU of a node visible to a pod that
+    requested none; the device plugin sets it for the GPUs a pod was given."""
+    for target in ("ml", "ml-worker"):
+        env = " ".join(i.args for i in targets(dockerfile)[target].all("ENV"))
+        assert "NVIDIA_VISIBLE_DEVICES" not in env, target

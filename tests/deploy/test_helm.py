@@ -126,17 +126,63 @@ def test_gpu_pool_is_created_with_the_name_the_steps_use(values):
     script = " ".join(values["migrateDatabaseJob"]["args"])
     m = re.search(r"airflow pools set (\S+) (\d+)", script)
     assert m and m.group(1) == pool and int(m.group(2)) >= 1, script
-    assert "airflow db migrate" in script, "the job still migrates"
+    init = (REPO / "deploy/airflow/airflow-init.sh").read_text()
+    assert "airflow db migrate" in init and "airflow fab-db migrate" in init, "it migrates"
     assert int(env["POSTFLOW_K8S_GPU_TIMEOUT_S"]) > 0
 
 
-def test_worker_service_account_is_the_rbac_subject(values):
+def test_worker_and_triggerer_service_accounts_are_the_rbac_subjects(values):
+    """Workers launch the GPU pods; deferred (deferrable=True), the triggerer watches them."""
     docs = [d for d in yaml.safe_load_all((REPO / "deploy/k8s/rbac.yaml").read_text()) if d]
     (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
-    (subject,) = binding["subjects"]
-    account = values["workers"]["serviceAccount"]
-    assert account["name"] == subject["name"] and subject["namespace"] == "airflow"
+    subjects = {(s["name"], s["namespace"]) for s in binding["subjects"]}
+    accounts = {values[c]["serviceAccount"]["name"] for c in ("workers", "triggerer")}
+    assert all(values[c]["serviceAccount"]["create"] for c in ("workers", "triggerer"))
+    assert subjects == {(a, "airflow") for a in accounts}
     assert binding["metadata"]["namespace"] == env_of(values)["POSTFLOW_K8S_NAMESPACE"]
+
+
+def secret_refs(env: list[dict]) -> dict[str, tuple[str, str]]:
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def test_no_default_admin_users_come_from_a_secret(values, secrets):
+    """The chart's create-user job would make admin/admin: off. The migration job creates the
+    FAB users with passwords from a Secret, with the script compose's airflow-init runs."""
+    job = values["createUserJob"]
+    assert job["enabled"] is False and job["defaultUser"]["enabled"] is False
+    assert "defaultUser" not in values.get("webserver", {}), "the deprecated switch stays unset"
+    migrate = values["migrateDatabaseJob"]
+    refs = secret_refs(migrate["env"])
+    assert set(refs) == {"AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_VIEWER_PASSWORD"}
+    for name, key in refs.values():
+        assert key in secrets[name], (name, key)
+    assert "bash /opt/postflow/airflow-init.sh" in " ".join(migrate["args"])
+
+
+def test_workers_get_s3_and_mlflow_credentials_from_a_secret(values, secrets):
+    refs = secret_refs(values["workers"]["env"])
+    needed = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    needed |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    assert needed <= set(refs)
+    for name, key in refs.values():
+        assert key in secrets[name], (name, key)
+    assert not [e for e in values["workers"]["env"] if "value" in e and e["name"] in needed]
+
+
+def test_one_mlflow_uri_and_the_api_base_url(values):
+    """The workers' POSTFLOW_MLFLOW_URI is the only one (the pods get it from them); failure
+    mails link to [api] base_url, which must be a real address."""
+    uris = [e for e in values["env"] if e["name"] == "POSTFLOW_MLFLOW_URI"]
+    assert len(uris) == 1 and uris[0]["value"].startswith("https://")
+    pod_secret = yaml.safe_load((REPO / "deploy/k8s/secret.template.yaml").read_text())
+    assert "POSTFLOW_MLFLOW_URI" not in pod_secret["stringData"]
+    base_url = values["config"]["api"]["base_url"]
+    assert base_url.startswith("https://") and "localhost" not in base_url
 
 
 def test_every_secret_named_is_templated_with_the_key_the_chart_reads(values, secrets):

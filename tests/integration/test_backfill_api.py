@@ -4,9 +4,10 @@ authentication on), reading demo posts in MySQL through a SELECT-only account.
 
 Airflow's metadata DB is a fresh PostgreSQL database (`pf_airflow_<random>`, dropped at the
 end) on the server at POSTFLOW_TEST_PG_HOST/PORT/USER/PASSWORD (default postgres@127.0.0.1:5432,
-no password), as in production. Only when that server is unreachable does the test fall back
-to sqlite (with a warning), where Airflow may refuse a backfill with 503 "Database is locked"
-while the scheduler writes: that path alone keeps the workarounds (see `_backfill_on_sqlite`).
+no password), as in production. In CI (CI=true) an unreachable server fails the tests that
+need it, naming the variables to set; elsewhere they fall back to sqlite (with a warning),
+where Airflow may refuse a backfill with 503 "Database is locked" while the scheduler writes:
+that path alone keeps the workarounds (see `_backfill_on_sqlite`).
 
 One Airflow for the module (it takes a minute to start on 2 cores): two backfills, the second
 over an overlapping range with `reprocess_behavior=completed`, then access control, log
@@ -136,12 +137,14 @@ def metadata_db():
         conn = _pg_connect()
     except psycopg2.OperationalError as exc:
         reason = " ".join(str(exc).split())
-        warnings.warn(
-            f"PostgreSQL unreachable at {PG_USER}@{PG_HOST}:{PG_PORT} ({reason}): "
-            "Airflow's metadata DB falls back to sqlite (set POSTFLOW_TEST_PG_HOST/PORT/USER/"
-            "PASSWORD)",
-            stacklevel=1,
+        message = (
+            f"PostgreSQL unreachable at {PG_USER}@{PG_HOST}:{PG_PORT} ({reason}): set "
+            "POSTFLOW_TEST_PG_HOST/PORT/USER/PASSWORD to a server the tests may create "
+            "databases on"
         )
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(message + " (CI: no sqlite fallback)", pytrace=False)
+        warnings.warn(message + "; Airflow's metadata DB falls back to sqlite", stacklevel=1)
         yield None, None
         return
     name = f"pf_airflow_{uuid.uuid4().hex[:10]}"

@@ -263,6 +263,57 @@ def test_two_writers_of_one_partition_leave_it_whole(tmp_path, s3_server, where)
     assert lake.read_partition("t", DAY).column("id").to_pylist() == [5]
 
 
+def _writer_process(root: str, endpoint: str | None, ids: list[int], rounds: int, sync) -> None:
+    """One of two processes writing the same partition: each round both write their files,
+    meet, commit at the same moment, then wait while the test reads the partition."""
+    written, committed, read = sync
+    lake = Lake(root, endpoint)
+    schema = pa.schema([("id", pa.int64())])
+    for r in range(rounds):
+        with lake.writer("t", DAY, schema) as w:
+            w.write(pa.table({"id": [i + 1000 * r for i in ids]}))
+            written.wait(60)  # both have written; leaving the `with` commits
+        committed.wait(60)
+        read.wait(60)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_writer_processes_committing_at_once_leave_the_partition_whole(
+    tmp_path, s3_server, where
+):
+    """Two processes (a backfill and the scheduled run) commit the same partition at the same
+    moment, round after round: the partition is always one writer's version, whole: every
+    file its manifest lists exists, no post twice, none of the other's."""
+    import multiprocessing
+
+    root = str(tmp_path / "lake") if where == "local" else f"s3://{s3_server.bucket()}/lake"
+    endpoint = s3_server.endpoint if where == "s3" else None
+    ctx = multiprocessing.get_context("spawn")
+    sync, rounds = (ctx.Barrier(2), ctx.Barrier(3), ctx.Barrier(3)), 8
+    a, b = [1, 2, 3], [4, 5]
+    procs = [
+        ctx.Process(target=_writer_process, args=(root, endpoint, ids, rounds, sync))
+        for ids in (a, b)
+    ]
+    for p in procs:
+        p.start()
+    lake = Lake(root, endpoint)
+    try:
+        for r in range(rounds):
+            sync[1].wait(60)  # both committed this round
+            got = sorted(lake.read_partition("t", DAY).column("id").to_pylist())
+            assert got in ([i + 1000 * r for i in a], [i + 1000 * r for i in b]), (r, got)
+            assert lake.read_manifest("t", DAY)["rows"] == len(got)
+            sync[2].wait(60)
+    finally:
+        for p in procs:
+            p.join(60)
+            if p.exitcode is None:
+                p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
 @pytest.mark.timeout(300)
 def test_two_etl_runs_of_one_day_at_once(settings, fresh_mysql_db, tmp_path):
     """Two `python -m ml etl` of the same day, interleaved: both stop with their files written

@@ -20,8 +20,8 @@ import psutil
 import pytest
 
 from ml.config import Settings
-from ml.ingest.etl import ReconciliationError, clean, extract, reconcile
-from ml.lake.partitions import Lake, LakeError, PartitionWriter
+from ml.ingest.etl import ReconciliationError, StaleExtract, clean, extract, reconcile
+from ml.lake.partitions import Lake, PartitionWriter
 from tests.conftest import (
     REPO,
     VENV_BIN,
@@ -268,10 +268,10 @@ def test_a_validate_committing_after_a_newer_one_is_refused(
     assert reconcile(etl_settings, WINDOW)["rows_in"] == 30  # B finished
     go.set()
     a.join(120)
-    # A failed cleanly or finished; either way the day is still whole for B's extract
-    assert all(isinstance(e, ReconciliationError | LakeError | RuntimeError) for e in errors), (
-        errors
-    )
+    # A's second partition is refused: its validate fails with StaleExtract (a run that raised
+    # nothing, or failed otherwise, would have committed over B's day or broken elsewhere)
+    assert len(errors) == 1 and type(errors[0]) is StaleExtract, errors
+    assert "posts_raw" in str(errors[0]), errors[0]
     assert reconcile(etl_settings, WINDOW)["rows_in"] == 30
     assert_day_whole(etl_settings, range(1, 31))
 

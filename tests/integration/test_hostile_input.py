@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +20,8 @@ from ml.config import Settings
 from ml.ingest.etl import ValidationFailed, Window, clean, extract, run_etl
 from ml.ingest.source import MySQLTarget, SourceError
 from ml.lake.partitions import Lake
-from tests.conftest import free_port, jpeg
+from tests import scan
+from tests.conftest import REPO, free_port, jpeg
 from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, naive, row
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -42,6 +48,52 @@ def outcome(settings: Settings) -> dict[int, tuple[str, str]]:
 
 
 # -- image_uri ----------------------------------------------------------------------------------
+
+# Python's own files (imports, data of installed packages) and the repository's code
+CODE_TREES = sorted({Path(p).resolve() for p in (sys.prefix, sys.base_prefix, REPO)})
+_watch: dict = {"thread": None, "opened": None}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _watch["opened"] is not None:
+        if threading.get_ident() == _watch["thread"] and isinstance(args[0], str | bytes):
+            path = os.fsdecode(args[0])
+            _watch["opened"].append(os.path.realpath(path) if os.path.isabs(path) else path)
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed: it records only inside watch_opens()
+
+
+@contextmanager
+def watch_opens() -> Iterator[list[str]]:
+    """Every file this thread opens inside the block (Python's `open` audit event: open(),
+    os.open(), io.open; C libraries' own opens are not seen), as real paths, in order."""
+    opened: list[str] = []
+    _watch.update(thread=threading.get_ident(), opened=opened)
+    try:
+        yield opened
+    finally:
+        _watch.update(thread=None, opened=None)
+
+
+def _allowed(path: str, roots: list[Path]) -> bool:
+    """Opening `path` is expected of the validating process: under `roots` (photo roots, the
+    lake), Python's or the repository's files, time zone data, or a temporary folder of its
+    own (Great Expectations makes one, tempfile.mkdtemp: /tmp/tmpXXXXXXXX, removed again)."""
+    if any(_within(path, r) for r in [*roots, *CODE_TREES, "/usr/share/zoneinfo"]):
+        return True
+    tmp = Path(path)
+    return (
+        tmp.parent == Path(tempfile.gettempdir()).resolve()
+        and tmp.name.startswith("tmp")
+        and (tmp.is_dir() or not tmp.exists())
+    )
+
+
+def _within(path: str | Path, root: str | Path) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) == str(
+        os.path.realpath(root)
+    )
 
 
 @pytest.mark.timeout(300)
@@ -83,7 +135,16 @@ def test_image_uris_outside_the_roots_special_or_huge_files_are_quarantined(
     settings = settings.replace(
         s3_endpoint=s3_server.endpoint, image_allowed_roots=f"{extra},s3://{allowed}"
     )
-    run_etl(settings, WINDOW, now=NOW)
+    assert settings.workers == 1  # photos are checked in this process, where opens are watched
+    with watch_opens() as opened:
+        run_etl(settings, WINDOW, now=NOW)
+    # what the validating process opened: photos only from the allowed roots, nothing else
+    # outside Python's own files, the repository and the lake
+    roots = [images, extra, Path(settings.lake)]
+    outside = [p for p in opened if not _allowed(p, roots)]
+    assert outside == [], f"opened outside the allowed roots: {outside}"
+    photos = {p for p in opened if any(_within(p, r) for r in (images, extra))}
+    assert photos == {str(images / "ok.jpg"), str(extra / "x.jpg")}, photos
     got = outcome(settings)
     assert {i: r for i, (r, _) in got.items()} == {
         1: "clean",
@@ -102,10 +163,12 @@ def test_image_uris_outside_the_roots_special_or_huge_files_are_quarantined(
         14: "clean",
         15: "image_uri_invalid",
     }
-    lake_bytes = b"".join(p.read_bytes() for p in Path(settings.lake).rglob("*") if p.is_file())
+    # the lake read as values (Parquet decoded, whatever its codec), not as compressed bytes
+    lake = {str(p): p.read_bytes() for p in Path(settings.lake).rglob("*") if p.is_file()}
+    assert any(k.endswith(".parquet") for k in lake)
     environ = Path("/proc/self/environ").read_bytes().split(b"\0")[0]
-    for secret in (b"root:x:0:0", environ[:12]):
-        assert secret not in lake_bytes, f"file bytes {secret!r} leaked into the lake"
+    leaked = scan.leaks({"/etc/passwd": b"root:x:0:0", "environ": environ[:12]}, lake)
+    assert leaked == [], f"file bytes leaked into the lake: {leaked}"
 
 
 # -- the app's index on updated_at ---------------------------------------------------------------

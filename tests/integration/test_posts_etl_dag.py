@@ -62,7 +62,21 @@ def run_day(day: date):
     return run_posts_etl(day, load_dag("posts_etl", all_dags=True, check_import_errors=False))
 
 
-def test_posts_etl_day_of_demo_data(airflow_env, demo):
+def _source_ids(db, day: date) -> list[int]:
+    """Ids of the posts MySQL holds for `day` (updated_at in the day, UTC), read as admin."""
+    conn = db.admin.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT id FROM posts WHERE updated_at >= %s AND updated_at < %s",
+            (day, day + timedelta(days=1)),
+        )
+        return [int(r[0]) for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def test_posts_etl_day_of_demo_data(airflow_env, demo, mysql_db):
     settings, truth = demo
     run = run_day(DAY)
     assert str(run.state) == "success"
@@ -73,19 +87,24 @@ def test_posts_etl_day_of_demo_data(airflow_env, demo):
     lake = Lake.from_settings(settings)
     clean = lake.read_partition("posts_clean", DAY).to_pylist()
     quarantine = lake.read_partition("quarantine", DAY).to_pylist()
-    raw_ids = set(lake.read_partition("posts_raw", DAY, columns=["id"]).column("id").to_pylist())
     clean_ids = {r["id"] for r in clean}
     reasons = {r["id"]: r["reason"] for r in quarantine}
-    assert clean_ids | set(reasons) == raw_ids and not clean_ids & set(reasons)
-    assert len(clean_ids) == len(clean), "no post twice in posts_clean"
+    # every post of the day in MySQL (read from the source, not from the lake) is in exactly
+    # one of posts_clean and quarantine, once
+    source_ids = _source_ids(mysql_db, DAY)
+    assert len(source_ids) > 300, len(source_ids)
+    assert sorted([*clean_ids, *reasons]) == sorted(source_ids), "posts lost or added"
+    assert len(clean_ids) == len(clean) and len(reasons) == len(quarantine), "a post twice"
+    raw_ids = lake.read_partition("posts_raw", DAY, columns=["id"]).column("id").to_pylist()
+    assert sorted(raw_ids) == sorted(source_ids)
 
-    bad_today = {int(i): k for i, k in truth["bad"].items() if int(i) in raw_ids}
+    bad_today = {int(i): k for i, k in truth["bad"].items() if int(i) in source_ids}
     assert set(bad_today.values()) == set(EXPECTED_REASON), "every bad kind occurs on this day"
     for post_id, kind in bad_today.items():
         assert reasons.get(post_id) == EXPECTED_REASON[kind], (post_id, kind, reasons.get(post_id))
     assert set(reasons) == set(bad_today), "only planted bad rows are quarantined"
 
-    unusual_today = {int(i): k for i, k in truth["unusual_valid"].items() if int(i) in raw_ids}
+    unusual_today = {int(i): k for i, k in truth["unusual_valid"].items() if int(i) in source_ids}
     assert unusual_today, "unusual but valid photos are in the day"
     assert set(unusual_today) <= clean_ids, {k: reasons.get(i) for i, k in unusual_today.items()}
     for r in clean:

@@ -17,20 +17,21 @@ from tests.conftest import demo_lake, etl_days, load_dag, retrain_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DAYS = [date(2026, 11, 18), date(2026, 11, 19)]
+# three days: a post is labelled at a 1-day horizon, so the last day's posts wait for the next
+DAYS = [date(2026, 11, 17), date(2026, 11, 18), date(2026, 11, 19)]
 
 
 @pytest.fixture(scope="module")
-def lake_of_two_days(mysql_db, airflow_db, tmp_path_factory):
-    """Two days of demo posts, as production would have them (posts_etl runs in the tests)."""
+def lake_of_three_days(mysql_db, airflow_db, tmp_path_factory):
+    """Three days of demo posts, as production would have them (posts_etl runs in the tests)."""
     root = tmp_path_factory.mktemp("retrain")
-    return demo_lake(mysql_db, root, DAYS, posts=360, seed=5)
+    return demo_lake(mysql_db, root, DAYS, posts=540, seed=5)
 
 
 @pytest.fixture
-def retrain_env(lake_of_two_days, mysql_db, mlflow_server, monkeypatch):
+def retrain_env(lake_of_three_days, mysql_db, mlflow_server, monkeypatch):
     return retrain_environment(
-        lake_of_two_days,
+        lake_of_three_days,
         mysql_db,
         mlflow_server,
         monkeypatch,
@@ -61,11 +62,12 @@ def test_retrain_embeds_trains_registers_and_gates(retrain_env):
     run = retrain.test(run_conf={"days": days})
     assert str(run.state) == "success", _states(run)
     states = _states(run)
-    assert states["embed_posts"] == ["success"] * 4  # 2 days x 2 shards, mapped
+    assert states["embed_posts"] == ["success"] * 6  # 3 days x 2 shards, mapped
     assert set(states) == {
         "plan_retrain",
         "embed_posts",
         "merge_features",
+        "check_source",
         "train_model",
         "promote_model",
     }
@@ -81,6 +83,10 @@ def test_retrain_embeds_trains_registers_and_gates(retrain_env):
         assert summary["computed"] == feats["rows"] and summary["image_model"].startswith(
             "resnet50:random"
         )
+
+    # the source check re-read the window's posts from MySQL: updated_at moved with every count
+    check = lake.read_manifest("source_check", days[-1])
+    assert check["sampled"] > 0 and check["silent_changes"] == 0 and not check["held"]
 
     client = mlflow.MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
     name = settings.registered_model

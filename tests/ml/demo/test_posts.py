@@ -1,4 +1,5 @@
-"""ml.demo.posts against a real MariaDB (127.0.0.1:3306, root) and a tmp image folder
+"""ml.demo.posts against a real MariaDB (POSTFLOW_TEST_MYSQL_HOST/PORT/USER/PASSWORD, default
+root@127.0.0.1:3306; unreachable: the tests fail, naming them) and a tmp image folder
 (moto S3 for the S3 store).
 
 One module-scoped run of 300 posts feeds most tests; each database is uniquely named and
@@ -12,6 +13,7 @@ import json
 import pickle
 import types
 import unicodedata
+import urllib.parse
 import uuid
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -26,12 +28,16 @@ from ml.demo import posts as demo_data
 from ml.demo import seed
 from ml.ingest.images import ImageError, ImageStore
 from ml.ingest.reasons import Reason
+from tests.conftest import MYSQL_ADMIN, MYSQL_ADMIN_PASSWORD, MYSQL_HOST, MYSQL_PORT, _admin_connect
 
 MySQLdb = pytest.importorskip("MySQLdb")
 
 pytestmark = pytest.mark.integration
 
-HOST, PORT = "127.0.0.1", 3306
+HOST, PORT = MYSQL_HOST, MYSQL_PORT
+LOGIN = urllib.parse.quote(MYSQL_ADMIN, safe="") + (
+    ":" + urllib.parse.quote(MYSQL_ADMIN_PASSWORD, safe="") if MYSQL_ADMIN_PASSWORD else ""
+)
 END = date(2026, 11, 20)
 DAYS = 3
 N = 300
@@ -43,10 +49,8 @@ COLS += ("created_at", "updated_at")
 
 
 def _server_conn():
-    try:
-        return MySQLdb.connect(host=HOST, port=PORT, user="root", connect_timeout=3)
-    except MySQLdb.OperationalError as exc:
-        pytest.skip(f"MariaDB not reachable at {HOST}:{PORT}: {exc}")
+    """An admin connection; unreachable: the test fails naming POSTFLOW_TEST_MYSQL_* (no skip)."""
+    return _admin_connect()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def make_db():
 
     def make() -> str:
         names.append(f"pf_test_demo_{uuid.uuid4().hex[:12]}")
-        return f"mysql://root@{HOST}:{PORT}/{names[-1]}"
+        return f"mysql://{LOGIN}@{HOST}:{PORT}/{names[-1]}"
 
     yield make
     conn = _server_conn()
@@ -77,7 +81,14 @@ def _settings(uri: str, root: Path | str, **extra) -> Settings:
 
 def _rows(uri: str) -> list[dict]:
     db = uri.rsplit("/", 1)[-1]
-    conn = MySQLdb.connect(host=HOST, port=PORT, user="root", database=db, charset="utf8mb4")
+    conn = MySQLdb.connect(
+        host=HOST,
+        port=PORT,
+        user=MYSQL_ADMIN,
+        passwd=MYSQL_ADMIN_PASSWORD,
+        database=db,
+        charset="utf8mb4",
+    )
     try:
         cur = conn.cursor()
         cur.execute(f"SELECT {', '.join(COLS)} FROM posts ORDER BY id")
@@ -234,8 +245,12 @@ def test_time_window_and_late_updates(demo):
 
 
 def _mature(r: dict) -> bool:
-    """Old enough at the window's end for the demo's label age: its count is final."""
-    return r["created_at"] <= WINDOW_END - timedelta(days=demo_data.DEMO_LABEL_AGE_DAYS)
+    """Labelled at the window's end under the demo's horizon (as `ml.learn.labels` labels it):
+    created in the window, its horizon passed, and its count set by then (a post first updated
+    after its horizon has no count at it)."""
+    h = timedelta(days=demo_data.DEMO_LABEL_HORIZON_DAYS)
+    start = WINDOW_END - timedelta(days=DAYS)
+    return start <= r["created_at"] <= WINDOW_END - h and r["updated_at"] <= r["created_at"] + h
 
 
 def _fill(make_db, root: Path, **kw) -> tuple[str, dict]:
@@ -459,7 +474,7 @@ def test_image_store_reads_back_what_it_writes(where, tmp_path, request):
 
 
 def test_unsupported_image_root_is_a_clear_error(make_db, capsys, monkeypatch):
-    with pytest.raises(demo_data.DemoDataError, match="unsupported image root 'http://cdn/x'"):
+    with pytest.raises(seed.DemoDataError, match="unsupported image root 'http://cdn/x'"):
         seed.generate(_settings(make_db(), "http://cdn/x"), 10, 1, END)
     monkeypatch.setenv("POSTFLOW_MYSQL_URI", make_db())
     monkeypatch.setenv("POSTFLOW_IMAGE_ROOT", "ftp://host/photos")

@@ -71,7 +71,8 @@ def _photos(n: int, seed: int = 3) -> list[bytes]:
 
 @pytest.mark.slow
 def test_bf16_features_stay_close_to_fp32_eager():
-    """The features under bf16 autocast point where fp32's do (they are stored as float16)."""
+    """The features under bf16 autocast point where fp32's do (they are stored as float16),
+    far closer than the features of two different photos are."""
     import torch
 
     pixels = torch.stack([E.pillow_pixels(b) for b in _photos(4)])
@@ -83,6 +84,16 @@ def test_bf16_features_stay_close_to_fp32_eager():
     assert a.shape == b.shape == (4, 2048)
     assert cos.min() > 0.9999, cos
     assert not np.array_equal(a, b)  # bf16 really ran: the two paths are not the same code
+    # ... and "close" means something: random-weights ResNet50 features of four different
+    # photos have cosines of 0.997-0.9994 with each other (all positive after the last ReLU), so
+    # a cosine bound alone could not tell two photos apart. Same photo at two precisions: at
+    # least 10x closer (distance and 1 - cosine) than the closest two different photos.
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+    others = ~np.eye(len(a), dtype=bool)
+    apart = 1 - (unit @ unit.T)[others]
+    distances = np.linalg.norm(a[:, None] - a[None], axis=2)[others]
+    assert (1 - cos).max() < 0.1 * apart.min(), (1 - cos, apart)
+    assert np.linalg.norm(a - b, axis=1).max() < 0.1 * distances.min()
 
 
 def test_progress_lines_come_at_the_configured_interval(caplog):

@@ -149,29 +149,76 @@ def test_not_an_image(data: bytes) -> None:
     assert err.value.reason is Reason.IMAGE_NOT_AN_IMAGE
 
 
-def png_header_only(width: int, height: int) -> bytes:
+def png_header_only(width: int, height: int, idat: bytes | None = None) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         crc = zlib.crc32(kind + body) & 0xFFFFFFFF
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
+    idat = zlib.compress(b"\x00" * 64) if idat is None else idat
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def test_decompression_bomb_header_rejected_before_decoding() -> None:
-    import tracemalloc
+_RSS_PROBE = """
+import resource, sys
+from pathlib import Path
+from ml.ingest.image_decode import ImageError, check_image
+data = sys.stdin.buffer.read()
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a defect fails, the host lives
+def kib(field):
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return int(next(x for x in lines if x.startswith(field)).split()[1])
+import io
+from PIL import Image
+warm = io.BytesIO()
+Image.new("RGB", (16, 16)).save(warm, "PNG")
+check_image(warm.getvalue(), 1 << 20, 8)  # Pillow's plugins imported before measuring
+Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+before = kib("VmRSS:")
+try:
+    check_image(data, int(sys.argv[1]), int(sys.argv[2]))
+    reason = "accepted"
+except ImageError as exc:
+    reason = exc.reason.value
+except MemoryError:
+    reason = "MemoryError"
+print(reason, (kib("VmHWM:") - before) * 1024)
+"""
 
+
+def _peak_rss_growth(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int]:
+    """(reason or "accepted", growth of the peak RSS in bytes) of check_image(data) in a fresh
+    process: the whole process, Pillow's C allocations included (tracemalloc sees only
+    Python's allocator)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, str(max_pixels), str(MIN_SIDE)],
+        input=data,
+        capture_output=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    reason, growth = out.stdout.decode().split()
+    return reason, int(growth)
+
+
+def test_decompression_bomb_header_rejected_before_decoding() -> None:
     data = png_header_only(100_000, 100_000)  # 10 gigapixels claimed in 100 bytes
-    tracemalloc.start()
-    try:
-        with pytest.raises(ImageError) as err:
-            check(data)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert err.value.reason is Reason.IMAGE_TOO_LARGE
-    assert peak < 5_000_000
+    reason, growth = _peak_rss_growth(data)
+    assert reason == Reason.IMAGE_TOO_LARGE.value
+    assert growth < 5_000_000, growth
+    # under Pillow's own bomb limit, over ours: a real PNG of 15 megapixels (45 KB on disk,
+    # 45 MB decoded) is never decoded
+    rows = zlib.compress(b"\x00" * (1 + 5000 * 3) * 3000, 9)  # filter byte + RGB, each row
+    bomb = png_header_only(5000, 3000, idat=rows)
+    assert len(bomb) < 100_000
+    reason, growth = _peak_rss_growth(bomb, max_pixels=10_000_000)
+    assert reason == Reason.IMAGE_TOO_LARGE.value
+    assert growth < 5_000_000, growth
+    # the probe sees C allocations: a photo decoded for real raises the peak by its pixels
+    big = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (200, 30, 30)).save(big, "PNG")
+    reason, growth = _peak_rss_growth(big.getvalue(), max_pixels=50_000_000)
+    assert reason == "accepted" and growth > 3000 * 2000 * 3, (reason, growth)
 
 
 def test_too_large_by_our_limit_checked_from_header() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from ml.config import Settings
 from ml.learn import dataset as DS
+from ml.learn import gate as G
 from ml.learn import model as M
 from ml.learn import promote as P
 from ml.learn import registry as R
@@ -46,34 +47,34 @@ def m(f1: float, *recall: float | None) -> dict:
 
 
 def test_first_model_passes_on_the_floor_only():
-    d = P.decide(m(0.30, 0.5, 0.1), None, margin=0.05, min_macro_f1=0.2, challenger_version=1)
+    d = G.decide(m(0.30, 0.5, 0.1), None, margin=0.05, min_macro_f1=0.2, challenger_version=1)
     assert d.promoted and "first model" in d.reason
     assert d.champion_version is None and d.champion_macro_f1 is None
-    d = P.decide(m(0.10, 0.5, 0.1), None, min_macro_f1=0.2)
+    d = G.decide(m(0.10, 0.5, 0.1), None, min_macro_f1=0.2)
     assert not d.promoted and "floor" in d.reason
-    d = P.decide(m(float("nan")), None)
+    d = G.decide(m(float("nan")), None)
     assert not d.promoted and "undefined" in d.reason
     assert d.to_dict()["challenger_macro_f1"] is None  # JSON-safe
 
 
 def test_margin_and_ties():
     champ = m(0.40, 0.5, 0.5)
-    assert P.decide(m(0.40, 0.5, 0.5), champ, margin=0.0).promoted  # a tie passes at margin 0
-    assert not P.decide(m(0.40, 0.5, 0.5), champ, margin=0.01).promoted
-    d = P.decide(m(0.42, 0.5, 0.5), champ, margin=0.01, champion_version=3)
+    assert G.decide(m(0.40, 0.5, 0.5), champ, margin=0.0).promoted  # a tie passes at margin 0
+    assert not G.decide(m(0.40, 0.5, 0.5), champ, margin=0.01).promoted
+    d = G.decide(m(0.42, 0.5, 0.5), champ, margin=0.01, champion_version=3)
     assert d.promoted and d.champion_version == 3 and d.champion_macro_f1 == 0.40
-    d = P.decide(m(0.39, 0.5, 0.5), champ)
+    d = G.decide(m(0.39, 0.5, 0.5), champ)
     assert not d.promoted and "< champion 0.4000" in d.reason
 
 
 def test_recall_collapse_of_one_class_rejects_a_better_model():
     champ = m(0.40, 0.50, 0.40, None, 0.30)
     # class 1 drops by 0.20 (> 0.15) although macro-F1 improved
-    d = P.decide(m(0.50, 0.90, 0.20, 0.9, 0.30), champ, max_recall_drop=0.15)
+    d = G.decide(m(0.50, 0.90, 0.20, 0.9, 0.30), champ, max_recall_drop=0.15)
     assert not d.promoted and "class 1 0.400->0.200" in d.reason
     # exactly the allowed drop passes; classes absent from the rows are not compared
-    assert P.decide(m(0.50, 0.35, 0.25, None, 0.15), champ, max_recall_drop=0.15).promoted
-    d = P.decide(m(0.30, 0.0, 0.40, None, 0.30), champ, margin=0.0, min_macro_f1=0.35)
+    assert G.decide(m(0.50, 0.35, 0.25, None, 0.15), champ, max_recall_drop=0.15).promoted
+    d = G.decide(m(0.30, 0.0, 0.40, None, 0.30), champ, margin=0.0, min_macro_f1=0.35)
     assert not d.promoted and d.reason.count(";") == 2  # floor, margin and recall all listed
 
 
@@ -126,15 +127,15 @@ N_POSTS = 600
 
 
 def _write_lake(root) -> tuple[object, np.ndarray]:
-    """posts_clean + features for N_POSTS old posts over two days; features carry the class
-    (tools.synthetic, as in test_train). Returns (lake, features by post)."""
+    """posts_clean + features for N_POSTS posts over two days, each created and counted on its
+    day (labelled at horizon 0); features carry the class (tools.synthetic, as in test_train).
+    Returns (lake, features by post)."""
     from ml.lake.partitions import Lake
 
     X, y = class_features(N_POSTS, sep=1.5, dtype=np.float16)
     X = X.astype(np.float32)  # as stored in the lake
     ids = np.arange(1, N_POSTS + 1) * 7 + 3
     lake = Lake(str(root))
-    old = datetime(2024, 3, 1)
     for ds, sl in ((START, slice(0, N_POSTS // 2)), (END, slice(N_POSTS // 2, N_POSTS))):
         n = len(ids[sl])
         rows = {
@@ -144,8 +145,8 @@ def _write_lake(root) -> tuple[object, np.ndarray]:
             "image_uri": ["x"] * n,
             "hearts": [3] * n,
             "comment_count": np.asarray(DEFAULT_EDGES)[y[sl]] + 0,
-            "created_at": [old] * n,
-            "updated_at": [old] * n,
+            "created_at": [datetime.fromisoformat(ds)] * n,
+            "updated_at": [datetime.fromisoformat(ds)] * n,
         }
         write_posts_clean(lake, ds, rows)
         write_features(lake, ds, ids[sl], X[sl])
@@ -176,6 +177,7 @@ def world(_world_cache, mlflow_server, tmp_path_factory, capsys):
         "POSTFLOW_MLFLOW_URI": mlflow_server.uri,
         "POSTFLOW_MLFLOW_EXPERIMENT": f"post-engagement-{tag}",
         "POSTFLOW_REGISTERED_MODEL": f"post-engagement-{tag}",
+        "POSTFLOW_LABEL_HORIZON_DAYS": "0",
     }
     out_dir = tmp / "model"
     with pytest.MonkeyPatch.context() as mp:
@@ -215,8 +217,18 @@ def test_train_logs_a_complete_run(world):
     )
     p, mt, tags = run.data.params, run.data.metrics, run.data.tags
     assert p["window_start"] == START and json.loads(p["edges"]) == list(DEFAULT_EDGES)
-    assert p["n_classes"] == "8" and p["label_age_days"] == "7" and p["seed"] == "0"
+    assert p["n_classes"] == "8" and p["label_horizon_days"] == "0" and p["seed"] == "0"
     assert json.loads(p["image_models"]) == ["resnet50:random-seed0"]
+    # what the model is made of, on the run and its version (the gate compares only like ones)
+    assert (
+        p["image_model"] == "resnet50:random-seed0"
+        and p["text_model"] == json.loads(p["text_models"])[0]
+    )
+    target = "comments within 0 days of posting, 8 bins: 0, 1-2, 3-9, 10-29, 30-99, 100-299"
+    assert p["target"].startswith(target) and tags["postflow.target"] == p["target"]
+    mv = client.get_model_version(s.registered_model, str(trained["version"]))
+    assert mv.tags["postflow.image_model"] == "resnet50:random-seed0"
+    assert mv.tags["postflow.label_horizon_days"] == "0"
     for key in ("pca_dim", "hidden", "dropout", "lr", "weight_decay", "batch_size", "patience"):
         assert key in p
     for model in R.MODELS:
@@ -268,20 +280,20 @@ def test_train_logs_a_complete_run(world):
 
 def test_first_model_must_beat_its_own_logistic_baseline():
     # measured before this rule: a 1-epoch MLP at 0.169 was promoted over its baseline at 0.467
-    d = P.decide(m(0.169, 0.5), None, baseline_macro_f1=0.467, challenger_version=1)
+    d = G.decide(m(0.169, 0.5), None, baseline_macro_f1=0.467, challenger_version=1)
     assert not d.promoted and "below its own logistic baseline 0.4670" in d.reason
-    d = P.decide(m(0.50, 0.5), None, baseline_macro_f1=0.467)
+    d = G.decide(m(0.50, 0.5), None, baseline_macro_f1=0.467)
     assert d.promoted and "logistic baseline 0.4670" in d.reason and d.baseline_macro_f1 == 0.467
 
 
 def test_a_backfill_never_replaces_a_newer_champion():
     champ = m(0.40, 0.5, 0.5)
     kw = {"champion_version": 4, "champion_window_end": "2026-11-20"}
-    d = P.decide(m(0.60, 0.6, 0.6), champ, window_end="2026-10-31", **kw)
+    d = G.decide(m(0.60, 0.6, 0.6), champ, window_end="2026-10-31", **kw)
     assert not d.promoted and "older than champion v4's 2026-11-20" in d.reason
-    assert P.decide(m(0.60, 0.6, 0.6), champ, window_end="2026-11-21", **kw).promoted
+    assert G.decide(m(0.60, 0.6, 0.6), champ, window_end="2026-11-21", **kw).promoted
     # even after a change of bin edges (no comparison of scores), recency holds
-    d = P.decide(m(0.60, 0.6), None, window_end="2026-10-31", rebaseline="re-baselining", **kw)
+    d = G.decide(m(0.60, 0.6), None, window_end="2026-10-31", rebaseline="re-baselining", **kw)
     assert not d.promoted and d.reason.startswith("re-baselining")
 
 
@@ -293,10 +305,10 @@ def _predictions(n: int, accuracy: float, seed: int, k: int = 8):
 
 def test_paired_bootstrap_matches_the_point_metric_and_pairs_the_draws():
     y, a = _predictions(400, 0.6, 0)
-    boot = P.paired_bootstrap(y, a, a, 8, samples=300, confidence=0.9)
+    boot = G.paired_bootstrap(y, a, a, 8, samples=300, confidence=0.9)
     point = M.metrics_from_predictions(y, a, 8)["macro_f1"]
     assert boot.challenger.low < point < boot.challenger.high
-    assert boot.improvement == P.Interval(0.0, 0.0)  # the same predictions: no gain in any draw
+    assert boot.improvement == G.Interval(0.0, 0.0)  # the same predictions: no gain in any draw
     cm = np.asarray(M.metrics_from_predictions(y, a, 8)["confusion_matrix"])
     assert M.macro_f1_of_counts(cm) == pytest.approx(point)
 
@@ -314,9 +326,9 @@ def test_a_lucky_challenger_is_rejected_and_a_real_gain_promoted():
     champ = M.metrics_from_predictions(y, champ_pred, 8)
     for pred, credible in ((lucky, False), (better, True)):
         c = M.metrics_from_predictions(y, pred, 8)
-        assert c["macro_f1"] > champ["macro_f1"] and P.decide(c, champ).promoted
-        boot = P.paired_bootstrap(y, pred, champ_pred, 8, samples=500, confidence=0.9)
-        d = P.decide(c, champ, bootstrap=boot, champion_version=1)
+        assert c["macro_f1"] > champ["macro_f1"] and G.decide(c, champ).promoted
+        boot = G.paired_bootstrap(y, pred, champ_pred, 8, samples=500, confidence=0.9)
+        d = G.decide(c, champ, bootstrap=boot, champion_version=1)
         assert d.promoted is credible, d.reason
         assert d.improvement_ci == boot.improvement.to_list() and d.confidence == 0.9
         assert credible or "no credible improvement" in d.reason
@@ -325,8 +337,8 @@ def test_a_lucky_challenger_is_rejected_and_a_real_gain_promoted():
 def test_recall_rule_ignores_classes_too_small_to_measure():
     champ = m(0.40, 0.50, 0.40)
     chal = m(0.50, 0.90, 0.0) | {"confusion_matrix": [[90, 10], [5, 0]]}  # class 1: 5 posts
-    assert not P.decide(chal, champ).promoted  # measured on 5 posts, recall 0.4 -> 0.0 rejects
-    d = P.decide(chal, champ, min_class_support=20)
+    assert not G.decide(chal, champ).promoted  # measured on 5 posts, recall 0.4 -> 0.0 rejects
+    d = G.decide(chal, champ, min_class_support=20)
     assert d.promoted, d.reason
 
 
@@ -401,7 +413,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "ml", "sklea
 @pytest.mark.integration
 def test_worse_challenger_is_rejected_and_the_champion_stays(world):
     s, lake = world["settings"], world["lake"]
-    data = DS.load_dataset(lake, START, END)
+    data = DS.load_dataset(lake, START, END, horizon_days=0)
     data.y = np.random.default_rng(1).permutation(data.y)  # labels unrelated to features
     result = T.run_training(data, M.TrainConfig(max_epochs=5, seed=0))
     run_id = R.log_training(result, s, ds=END, code_version="test")
@@ -441,14 +453,14 @@ def test_training_promotion_and_report_hold_out_the_same_test_posts(tmp_path):
     lake, X = _write_lake(tmp_path / "lake")
     week = report_data.Week.of(END)  # 2024-W15: Monday 04-08 to Sunday 04-14
     window = ("2024-04-01", week.last_day.isoformat())
-    settings = Settings(lake=lake.root, train_window_days=14)
+    settings = Settings(lake=lake.root, train_window_days=14, label_horizon_days=0)
     assert report_data.training_window(settings, week) == window
 
     result = T.run_training(
-        DS.load_dataset(lake, *window, DEFAULT_EDGES, 7), M.TrainConfig(max_epochs=1)
+        DS.load_dataset(lake, *window, DEFAULT_EDGES, 0), M.TrainConfig(max_epochs=1)
     )
     trained_on_test = result.data.post_ids[result.data.part("test")]
-    gate = P.heldout_split(lake, *window, DEFAULT_EDGES, 7)
+    gate = P.heldout_split(lake, *window, DEFAULT_EDGES, 0)
     split = report_data.label_split(lake, settings, week, DEFAULT_EDGES)
     report_test, report_y, missing = report_data.test_features(lake, split)
 
@@ -481,3 +493,60 @@ def test_versions_registered_before_ml_serving_still_load(tmp_path):
     served = PostEngagementModel()
     served.load_context(SimpleNamespace(artifacts={"model_dir": str(path)}))
     np.testing.assert_array_equal(served.predict(None, X[200:]), model.predict_proba(X[200:]))
+
+
+def test_the_bootstrap_resamples_repost_groups_not_posts():
+    """A challenger equal to the champion except on one photo reposted 60 times, which it gets
+    right: 60 posts, but one piece of evidence. Resampling posts calls the gain credible;
+    resampling groups (the split's group keys) does not. Planted defect (groups ignored): the
+    lucky challenger is promoted."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 8, 360)
+    champ_pred = np.where(rng.random(360) < 0.5, y, (y + 1) % 8)
+    pred = champ_pred.copy()
+    pred[:60] = y[:60]
+    champ_pred[:60] = (y[:60] + 1) % 8
+    groups = np.array(["photo:a"] * 60 + [f"post:{i}" for i in range(60, 360)], dtype=object)
+    c, h = M.metrics_from_predictions(y, pred, 8), M.metrics_from_predictions(y, champ_pred, 8)
+    by_post = G.paired_bootstrap(y, pred, champ_pred, 8, samples=400)
+    assert G.decide(c, h, bootstrap=by_post).promoted  # what resampling posts concluded
+    by_group = G.paired_bootstrap(y, pred, champ_pred, 8, samples=400, groups=groups)
+    d = G.decide(c, h, bootstrap=by_group, champion_version=1)
+    assert not d.promoted and "no credible improvement" in d.reason
+    assert by_group.improvement.low <= 0.0 < by_post.improvement.low
+
+
+def _facts(**kw):
+    base = {
+        "edges": (0, 1, 3),
+        "window_end": "2026-11-20",
+        "family": "mlp",
+        "logistic_test_macro_f1": None,
+        "horizon_days": 7,
+        "image_model": "resnet50:file-w.pth-0123456789ab",
+        "text_model": "all-MiniLM-L6-v2",
+    }
+    return P.RunFacts(**(base | kw))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"edges": (0, 2, 5)}, "bin edges [0, 2, 5] vs [0, 1, 3]"),
+        ({"horizon_days": 3}, "label horizon (days) 3 vs 7"),
+        ({"image_model": "resnet50:file-w.pth-ffffffffffff"}, "image model"),
+        ({"text_model": "other-minilm"}, "text model"),
+        ({"horizon_days": None}, "label horizon (days) None vs 7"),  # a run from before
+    ],
+)
+def test_a_challenger_of_another_target_or_encoders_is_refused_unless_rebaselining(change, named):
+    champ = _facts()
+    assert P.lineage_check(_facts(), champ, 4, rebaseline=False) == ("", "")
+    rebase, refused = P.lineage_check(_facts(**change), champ, 4, rebaseline=False)
+    assert not rebase and named in refused and "POSTFLOW_REBASELINE=true" in refused
+    d = G.decide(m(0.9, 0.9, 0.9), None, incomparable=refused, champion_version=4)
+    assert not d.promoted and "not comparable with champion v4" in d.reason and not d.rebaseline
+    rebase, refused = P.lineage_check(_facts(**change), champ, 4, rebaseline=True)
+    assert not refused and named in rebase
+    d = G.decide(m(0.9, 0.9, 0.9), None, rebaseline=rebase, champion_version=4)
+    assert d.promoted and d.rebaseline and d.reason.startswith("re-baselining")

@@ -1,6 +1,6 @@
 """Splits and labels that a team can trust (issue 12 §2): a post never changes split, reposts of
-one photo share a split, and a label counts as mature only if it was old enough when its count was
-extracted. Small, seeded, on a tmp lake."""
+one photo share a split, and a label is the count at a fixed horizon after posting, read only
+when the extracts cover that horizon (issue 20). Small, seeded, on a tmp lake."""
 
 from __future__ import annotations
 
@@ -51,12 +51,12 @@ def test_a_post_keeps_its_split_as_the_window_slides_and_grows(tmp_path):
     per_day, days = 400, 40
     for d in range(days):
         ids = np.arange(d * per_day, (d + 1) * per_day, dtype=np.int64) * 104_729 + 11
-        created = [DAY0 - timedelta(days=30)] * per_day
+        created = [DAY0 + timedelta(days=d, hours=12)] * per_day  # as updated: horizon 0
         _clean(lake, _day(d), ids, created, ids % 700)
         write_features(lake, _day(d), ids, np.zeros((per_day, 2432), np.float32))
     seen: dict[int, str] = {}
     for lo, hi in [(0, 9), (0, 27), (4, 31), (12, 39), (0, 39), (12, 39), (20, 39)]:
-        split = DS.build_split(lake, _day(lo), _day(hi))
+        split = DS.build_split(lake, _day(lo), _day(hi), horizon_days=0)
         assert len(split.ids) == (hi - lo + 1) * per_day
         for pid, s in zip(split.ids.tolist(), split.split.tolist(), strict=True):
             assert seen.setdefault(pid, s) == s, (pid, lo, hi)
@@ -145,9 +145,9 @@ def test_reposts_share_a_split_and_groups_are_recorded(tmp_path):
     ids = np.arange(1, n + 1, dtype=np.int64)
     # 40 photos posted 10 times each under new ids, with new captions
     photo = [f"{(i % 40) * 0x9E3779B97F4A7C1 % (1 << 64):016x}" for i in range(n)]
-    _clean(lake, _day(0), ids, [DAY0 - timedelta(days=30)] * n, ids % 50)
+    _clean(lake, _day(0), ids, [DAY0 + timedelta(hours=12)] * n, ids % 50)
     write_features(lake, _day(0), ids, np.zeros((n, 2432)), photo_hashes=photo)
-    split = DS.build_split(lake, _day(0), _day(0))
+    split = DS.build_split(lake, _day(0), _day(0), horizon_days=0)
     by_photo: dict[str, set[str]] = {}
     for h, s in zip(photo, split.split.tolist(), strict=True):
         by_photo.setdefault(h, set()).add(s)
@@ -173,14 +173,14 @@ def test_features_without_photo_hash_still_load_keyed_by_post_id(tmp_path):
 
     lake = Lake(str(tmp_path / "lake"))
     ids = np.arange(1, 301, dtype=np.int64)
-    _clean(lake, _day(0), ids, [DAY0 - timedelta(days=30)] * 300, ids % 50)
+    _clean(lake, _day(0), ids, [DAY0 + timedelta(hours=12)] * 300, ids % 50)
     write_features(lake, _day(0), ids, np.ones((300, 2432)))
     old_schema = pa.schema([f for f in FEATURES_SCHEMA if f.name != "photo_hash"])
     (f,) = lake.partition_files(DATASET_FEATURES, _day(0))
     old = pq.read_table(f, filesystem=lake.fs).select(old_schema.names)
     with lake.writer(DATASET_FEATURES, _day(0), old_schema) as w:
         w.write(old)
-    split = DS.build_split(lake, _day(0), _day(0))
+    split = DS.build_split(lake, _day(0), _day(0), horizon_days=0)
     assert split.split.tolist() == SP.assign_splits(ids).tolist()
     data = DS.split_features(lake, split)
     assert len(data.post_ids) == (split.split != "reserve").sum() and data.X[0, 0] == 1.0
@@ -209,33 +209,92 @@ def test_captions_shared_across_splits_are_counted():
 # -- label maturity ------------------------------------------------------------------------------
 
 
-def test_label_maturity_is_measured_when_the_count_was_extracted(tmp_path):
-    """A count extracted the day after posting is immature however late the training window
-    ends; a later snapshot of the same post, extracted when the post was old enough, counts."""
+def _clean_at(lake, ds: str, rows, window_end=None) -> None:
+    """posts_clean/ds of rows (id, created_at, updated_at, comment_count, caption)."""
+    n = len(rows)
+    cols = {f.name: [None] * n for f in CLEAN_SCHEMA}
+    cols.update(
+        id=[r[0] for r in rows],
+        author_id=[1] * n,
+        caption=[r[4] for r in rows],
+        image_uri=["x"] * n,
+        hearts=[5] * n,
+        comment_count=[r[3] for r in rows],
+        created_at=[r[1] for r in rows],
+        updated_at=[r[2] for r in rows],
+    )
+    with lake.writer(DATASET_CLEAN, ds, CLEAN_SCHEMA) as w:
+        w.write(pa.table(cols, schema=CLEAN_SCHEMA))
+        if window_end is not None:
+            w.meta.update(window_start=ds + "T00:00:00", window_end=window_end)
+
+
+def _days(lake, first: int, last: int, rows_of=None) -> None:
+    for d in range(first, last + 1):
+        rows = (rows_of or {}).get(d, [(9000 + d, DAY0 - timedelta(days=40), DAY0, 0, "x")])
+        _clean_at(lake, _day(d), rows, window_end=_day(d + 1) + "T00:00:00")
+
+
+def test_the_label_is_the_count_at_the_horizon_of_posts_created_in_the_window(tmp_path):
+    """Post 1 grows after its horizon: its label is the count at 7 days, not the later one.
+    Post 2 was created the hour before the window and post 4 a month before it (gaining comments
+    in it): not in the population, which is the posts created in the window (re-appearing in an
+    extract selects old posts on their outcome). Post 3 was created on day 12: its horizon (day 19)
+    lies past the last partition, so it waits. Features and caption: the first snapshot's."""
     from ml.lake.partitions import Lake
 
     lake = Lake(str(tmp_path / "lake"))
-    created = DAY0 + timedelta(hours=9)
-    # day 0: posts 1..3 are one day old when extracted (window end = DAY0 + 1 day)
-    _clean(lake, _day(0), [1, 2, 3], [created] * 3, [2, 2, 2], window_end=_day(1) + "T00:00:00")
-    # day 9: post 2 again, nine days old, with its grown count
-    _clean(lake, _day(9), [2], [created], [40], window_end=_day(10) + "T00:00:00")
-    t = L.load_labels(lake, _day(0), _day(20), label_age_days=7)
-    assert t["id"].to_pylist() == [2] and t["comment_count"].to_pylist() == [40]
-    assert t["observed_at"].to_pylist() == [DAY0 + timedelta(days=10)]
-    # a count carries forward through the following days that were extracted (post 3 is in none
-    # of them, so its count did not change): once days 1..8 exist, posts 1 and 3 are mature
-    young = DAY0 + timedelta(days=8)
-    for d in range(1, 9):
-        _clean(lake, _day(d), [1000 + d], [young], [0], window_end=_day(d + 1) + "T00:00:00")
-    t = L.load_labels(lake, _day(0), _day(9), label_age_days=7)
-    assert t["id"].to_pylist() == [1, 2, 3] and t["comment_count"].to_pylist() == [2, 40, 2]
-    # without a window in the manifest the end of the partition's day stands in for it
-    _clean(lake, _day(30), [4], [DAY0 + timedelta(days=23, hours=1)], [9])
-    t = L.load_labels(lake, _day(30), _day(30), label_age_days=7)
-    assert t["id"].to_pylist() == [4]
-    t = L.load_labels(lake, _day(30), _day(30), label_age_days=8)
-    assert t.num_rows == 0
+    t0 = DAY0 + timedelta(hours=9)
+    old = DAY0 - timedelta(days=30)
+    rows_of = {
+        0: [
+            (1, t0, t0 + timedelta(hours=1), 2, "as posted"),
+            (2, DAY0 - timedelta(hours=1), DAY0 + timedelta(minutes=30), 5, "just before"),
+        ],
+        3: [(1, t0, DAY0 + timedelta(days=3, hours=8), 12, "edited")],  # before the horizon
+        9: [
+            (1, t0, DAY0 + timedelta(days=9, hours=8), 40, "edited"),  # after the horizon
+            (4, old, DAY0 + timedelta(days=9, hours=3), 90, "old post"),
+        ],
+        12: [(3, DAY0 + timedelta(days=12, hours=1), DAY0 + timedelta(days=12, hours=2), 1, "y")],
+    }
+    _days(lake, 0, 14, rows_of)
+    t = L.load_labels(lake, _day(0), _day(14), horizon_days=7)
+    assert t["id"].to_pylist() == [1]
+    assert t["comment_count"].to_pylist() == [12]  # day 3's count: the last before day 7
+    assert t["ds"].to_pylist() == [_day(3)] and t["feature_ds"].to_pylist() == [_day(0)]
+    assert t["caption_key"].to_pylist() == [SP.caption_key("as posted")]
+    # another horizon, another label: at 10 days the count is day 9's
+    t = L.load_labels(lake, _day(0), _day(14), horizon_days=10)
+    assert t["comment_count"].to_pylist() == [40]
+    # post 3 gets its label once the days up to its horizon are extracted
+    _days(lake, 15, 20)
+    t = L.load_labels(lake, _day(0), _day(20), horizon_days=7)
+    assert t["id"].to_pylist() == [1, 3]
+
+
+def test_a_label_needs_every_day_up_to_its_horizon_extracted(tmp_path):
+    """A count read on the posting day, followed by a day that was never extracted, is not the
+    count at the horizon: the post's label waits (here: forever) instead of passing for mature."""
+    from ml.lake.partitions import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    t0 = DAY0 + timedelta(hours=9)
+    _days(lake, 0, 3, {0: [(1, t0, t0 + timedelta(hours=1), 2, "a")]})
+    _days(lake, 5, 10)  # day 4 missing
+    assert L.load_labels(lake, _day(0), _day(10), horizon_days=7).num_rows == 0
+    _days(lake, 4, 4)  # backfilled: every day up to the horizon is now extracted
+    t = L.load_labels(lake, _day(0), _day(10), horizon_days=7)
+    assert t["id"].to_pylist() == [1] and t["comment_count"].to_pylist() == [2]
+    assert t["observed_at"].to_pylist() == [DAY0 + timedelta(days=11)]
+
+
+def test_the_target_in_one_sentence():
+    assert L.target_sentence(7, B.DEFAULT_EDGES) == (
+        "comments within 7 days of posting, 8 bins: 0, 1-2, 3-9, 10-29, 30-99, 100-299, "
+        "300-599, 600+"
+    )
+    assert L.target_sentence(1, (0, 1)) == "comments within 1 day of posting, 2 bins: 0, 1+"
 
 
 def test_observed_at_is_the_extraction_window_end_or_an_earlier_commit():
@@ -244,10 +303,3 @@ def test_observed_at_is_the_extraction_window_end_or_an_earlier_commit():
     m["committed_at"] = "2024-03-01T18:00:00+00:00"  # extracted before the day ended
     assert L.observed_at(m, "2024-03-01") == datetime(2024, 3, 1, 18)
     assert L.observed_at(None, "2024-03-01") == datetime(2024, 3, 2)
-
-
-@pytest.mark.parametrize("age", [0, 7])
-def test_label_mask_with_one_observation_time_per_row(age):
-    seen = np.array([datetime(2024, 3, 10), datetime(2024, 3, 20)], dtype="datetime64[us]")
-    created = [datetime(2024, 3, 5), datetime(2024, 3, 5)]
-    assert L.label_mask(created, [1, 1], seen, age).tolist() == [age == 0, True]

@@ -41,17 +41,8 @@ def test_tune_bins_monotone_and_nice():
     assert list(B.tune_bins(np.zeros(100))) == sorted(set(B.tune_bins(np.zeros(100))))
 
 
-def test_label_mask_age_and_hearts():
-    cutoff = datetime(2024, 5, 10)
-    created = [
-        cutoff - timedelta(days=7),
-        cutoff - timedelta(days=7) + timedelta(seconds=1),
-        cutoff - timedelta(days=30),
-        cutoff - timedelta(days=30),
-    ]
-    hearts = [1, 5, 0, 3]
-    assert L.label_mask(created, hearts, cutoff).tolist() == [True, False, False, True]
-    assert L.cutoff_of("2024-05-09") == cutoff
+def test_cutoff_is_the_end_of_the_day():
+    assert L.cutoff_of("2024-05-09") == datetime(2024, 5, 10)
 
 
 # -- on synthetic features (tools.synthetic) ----------------------------------------------------
@@ -175,11 +166,13 @@ def test_run_training_splits_trains_and_scores_all_three():
 # -- dataset from the lake ----------------------------------------------------------------------
 
 
-def test_load_dataset_joins_latest_snapshot_with_its_features(tmp_path, monkeypatch, capsys):
+def test_load_dataset_labels_at_the_horizon_with_the_features_as_posted(
+    tmp_path, monkeypatch, capsys
+):
     from ml.lake.partitions import Lake
 
     lake = Lake(str(tmp_path / "lake"))
-    old = datetime(2024, 4, 1)
+    t0 = datetime(2024, 4, 1, 8)
 
     def clean(ds, rows):
         write_posts_clean(lake, ds, {k: [r[k] for r in rows] for k in rows[0]})
@@ -187,7 +180,7 @@ def test_load_dataset_joins_latest_snapshot_with_its_features(tmp_path, monkeypa
     def feats(ds, ids, value):
         write_features(lake, ds, ids, np.full((len(ids), 2432), value))
 
-    def post(i, cc, hearts=1, created=old - timedelta(days=10), updated=old):
+    def post(i, cc, hearts=1, created=t0, updated=t0 + timedelta(hours=1)):
         return dict(
             id=i,
             author_id=1,
@@ -201,26 +194,33 @@ def test_load_dataset_joins_latest_snapshot_with_its_features(tmp_path, monkeypa
 
     clean("2024-04-01", [post(1, 0), post(2, 5), post(3, 50, hearts=0), post(4, 2)])
     feats("2024-04-01", [1, 2, 3], 1.0)  # post 4 was skipped at embed
+    for d in range(2, 10):  # every day up to the horizon (04-08 08:00) extracted
+        clean(f"2024-04-{d:02d}", [post(100 + d, 0, created=datetime(2024, 3, 1))])
+    clean("2024-04-05", [post(2, 30, updated=datetime(2024, 4, 5, 12))])  # before the horizon
+    feats("2024-04-05", [2], 2.0)
     clean(
         "2024-04-10",
-        [post(2, 700, updated=old + timedelta(days=9)), post(5, 1, created=datetime(2024, 4, 9))],
-    )  # 5: too young when extracted; 1 and 4 old enough on day 04-01 already
-    feats("2024-04-10", [2, 5], 2.0)
-    data = DS.load_dataset(lake, "2024-04-01", "2024-04-10")
+        [
+            post(2, 700, updated=datetime(2024, 4, 10, 12)),  # after it: not the label
+            post(5, 1, created=datetime(2024, 4, 9), updated=datetime(2024, 4, 10)),  # too young
+        ],
+    )
+    feats("2024-04-10", [2, 5], 3.0)
+    data = DS.load_dataset(lake, "2024-04-01", "2024-04-10", horizon_days=7)
     order = np.argsort(data.post_ids)  # rows are laid out by split, then post id
-    assert data.post_ids[order].tolist() == [1, 2]
-    assert data.comment_count[order].tolist() == [0, 700] and data.y[order].tolist() == [0, 7]
+    assert data.post_ids[order].tolist() == [1, 2]  # 3: no hearts; 4: no features; 5: young
+    assert data.comment_count[order].tolist() == [0, 30] and data.y[order].tolist() == [0, 4]
     assert data.X.shape == (2, 2432) and data.X.dtype == np.float32
-    X = data.X[order]
-    assert X[1, 0] == 2.0 and X[0, -1] == 1.0  # features of the labelled snapshot
+    assert (data.X == 1.0).all()  # features of the post as posted (04-01)
     assert data.missing_features == 1 and data.image_models == ["resnet50:random-seed0"]
 
-    # tune-bins reads the same labels (posts 1, 2 and 4: old enough, hearts >= 1)
+    # tune-bins reads the same labels (posts 1, 2 and 4: horizon passed, hearts >= 1)
     monkeypatch.setenv("POSTFLOW_LAKE", lake.root)
     monkeypatch.delenv("POSTFLOW_CONFIG", raising=False)
     assert L.main(["--start", "2024-04-01", "--end", "2024-04-10", "--n-bins", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 3 and len(out["proposed_edges"]) == 3
+    assert out["target"].startswith("comments within 7 days of posting, 8 bins: 0, 1-2, 3-9")
     assert out["setting"] == "POSTFLOW_BIN_EDGES=" + ",".join(map(str, out["proposed_edges"]))
     # the edges in force come from the setting, and --n-bins defaults to their number
     monkeypatch.setenv("POSTFLOW_BIN_EDGES", "0,5,50")

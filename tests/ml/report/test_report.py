@@ -313,7 +313,7 @@ def make_settings(root: Path) -> Settings:
         {
             "lake": str(root / "lake"),
             "image_root": str(root / "images"),
-            "label_age_days": 0,
+            "label_horizon_days": 1,  # the last day's posts wait for their horizon
             "train_window_days": 14,
             "report_recipients": "ml-team@example.com; lead@example.com",
             "report_sender": "postflow@example.com",
@@ -411,9 +411,12 @@ def test_report_numbers(built):
     lab = data["labels"]
     assert lab["window"] == ["2026-11-09", "2026-11-22"]
     assert sum(lab["train"]) + sum(lab["val"]) + sum(lab["test"]) == lab["rows"]
-    assert lab["rows"] == sum(
-        lake.read_manifest("posts_clean", d)["rows"] for d in lake.partitions("posts_clean")
-    )
+    # posts created in the window whose 1-day horizon was extracted: those of every day that
+    # has a next day (the last day's posts wait for theirs)
+    parts = lake.partitions("posts_clean")
+    covered = [d for d in parts if (date.fromisoformat(d) + timedelta(days=1)).isoformat() in parts]
+    assert lab["rows"] == sum(lake.read_manifest("posts_clean", d)["rows"] for d in covered)
+    assert lab["target"].startswith("comments within 1 day of posting, 8 bins: 0, 1-2")
 
     assert [v["version"] for v in data["history"]["versions"]] == ["1", "2", "3"]
     assert [v["champion"] for v in data["history"]["versions"]] == [False, True, False]
@@ -504,6 +507,7 @@ def test_no_test_data_falls_back_to_the_logged_matrix_and_says_so(settings):
     lake = Lake.from_settings(settings)
     first = next(i for i in range(1, 10_000) if set(assign_splits(range(i, i + 4), 4)) == {"train"})
     write_synthetic_days(lake, WEEK.days[:1], 4, seed=4, first_id=first, bad_fraction=0)
+    write_synthetic_days(lake, WEEK.days[1:2], 0, seed=4, first_id=first + 4)  # the horizon day
     data = R.build(settings, WEEK, lake=lake, client=registry(), now=NOW).data
     assert data["labels"]["rows"] == 4 and sum(data["labels"]["test"]) == 0
     assert any(n.startswith("No test data") for n in data["notes"])
@@ -654,7 +658,9 @@ def test_error_analysis_of_the_champion(built):
         assert p["share_of_true"] == pytest.approx(p["count"] / cm[p["true"]].sum())
 
     # brute force: every wrong test prediction of the stand-in champion, by class
-    split = build_split(lake, *data["labels"]["window"], data["labels"]["edges"], 0)
+    split = build_split(
+        lake, *data["labels"]["window"], data["labels"]["edges"], settings.label_horizon_days
+    )
     test = split_features(lake, split, ("test",))
     proba = NearestMeanModel().predict(test.X)
     wrong: dict[int, list[tuple[float, int]]] = {}
@@ -753,13 +759,22 @@ def test_drift_compares_the_week_with_the_four_weeks_before(built):
     assert data["champion"]["window"] == ["2026-11-09", "2026-11-18"]
     dr = data["drift"]
     assert dr["reference_window"] == ["2026-10-19", "2026-11-15"] and dr["reference_weeks"] == 4
-    ref_days = [d for d in lake.partitions("posts_clean") if "2026-10-19" <= d <= "2026-11-15"]
-    assert sum(dr["labels"]["reference"]) == sum(
-        lake.read_manifest("posts_clean", d)["rows"] for d in ref_days
-    )
-    assert sum(dr["labels"]["week"]) == sum(
-        lake.read_manifest("posts_clean", d)["rows"] for d in WEEK.days[:4]
-    )
+    parts = lake.partitions("posts_clean")
+
+    def settled(first: str, last: str) -> int:
+        """Posts whose 1-day horizon fell in first..last (created the day before, the day
+        after extracted: the labels at the training horizon)."""
+        day = timedelta(days=1)
+        return sum(
+            lake.read_manifest("posts_clean", d)["rows"]
+            for d in parts
+            if (date.fromisoformat(first) - day).isoformat() <= d
+            and (date.fromisoformat(d) + day).isoformat() <= last
+            and (date.fromisoformat(d) + day).isoformat() in parts
+        )
+
+    assert sum(dr["labels"]["reference"]) == settled("2026-10-19", "2026-11-15")
+    assert sum(dr["labels"]["week"]) == settled(WEEK.days[0], WEEK.days[-1]) > 0
     assert (
         dr["labels"]["drifted"]
         and "the 4 weeks before (2026-10-19 to 2026-11-15)" in (data["flags"][0])

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Airflow one-shot: migrate the metadata DB (Airflow's tables, then the FAB auth manager's), then
-# the FAB users `admin` (role Admin) and `viewer` (role Viewer, read-only) with the passwords from
-# .env; a second run resets those passwords. Connections need no step: posts_mysql and
-# smtp_default are AIRFLOW_CONN_* environment variables of every Airflow service.
+# Airflow one-shot, in the image as /opt/postflow/airflow-init.sh (compose's airflow-init, the
+# Helm chart's migration job): migrate the metadata DB (Airflow's tables, then the FAB auth
+# manager's), then the FAB users `admin` (role Admin) and `viewer` (role Viewer, read-only) with
+# the passwords AIRFLOW_ADMIN_PASSWORD / AIRFLOW_VIEWER_PASSWORD (.env, or a Secret); a second
+# run resets those passwords. Connections need no step: posts_mysql and smtp_default are
+# AIRFLOW_CONN_* environment variables of every Airflow service.
 set -euo pipefail
 airflow db migrate
 airflow fab-db migrate
