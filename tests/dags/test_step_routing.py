@@ -49,9 +49,12 @@ def test_gpu_pods_get_the_pool_and_a_timeout_cpu_pods_do_not(k8s):
     none = k8s.replace(k8s_gpu_pool="", k8s_gpu_timeout_s=0)
     gpu = ml_step("train_model", "train", [], settings=none)
     assert (gpu.pool, gpu.execution_timeout) == ("default_pool", None)
-    # local steps are capped by the ML worker's concurrency, not by a pool
-    local = ml_step("train_model", "train", [], settings=Settings.load())
-    assert local.pool == "default_pool" and local.execution_timeout is None
+    # local steps are capped by the ML worker's concurrency, not by a pool, and by their own
+    # timeout (POSTFLOW_LOCAL_STEP_TIMEOUT_S)
+    local_settings = Settings.load()
+    local = ml_step("train_model", "train", [], settings=local_settings)
+    assert local.pool == "default_pool"
+    assert local.execution_timeout == timedelta(seconds=local_settings.local_step_timeout_s)
 
 
 def test_the_pool_and_queue_settings_stay_off_the_pod_env(k8s):
