@@ -77,7 +77,7 @@ def reader_account(admin):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
     parser.add_argument("--posts", type=int, default=3000)
-    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--days", type=int, default=4)
     parser.add_argument(
         "--end",
         type=date.fromisoformat,
@@ -188,17 +188,21 @@ def _retrain(dagbag, settings, days: list[date], bayes: float | None) -> int:
 
 def _print_model(settings, bayes: float | None) -> None:
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
     name = settings.registered_model
     latest = client.get_model_version_by_alias(name, "challenger")
-    champion = client.get_model_version_by_alias(name, "champion")
+    try:  # the gate may refuse the first model (e.g. below its own logistic baseline)
+        champion = f"champion is v{client.get_model_version_by_alias(name, 'champion').version}"
+    except MlflowException:
+        champion = "no champion yet"
     run = client.get_run(latest.run_id).data
     m = run.metrics
     print(f"target:      {run.params.get('target', '(not recorded)')}")
     print(
         f"model:       {name} v{latest.version} ({latest.tags.get('postflow.promotion')}: "
-        f"{latest.tags.get('postflow.decision_reason')}); champion is v{champion.version}"
+        f"{latest.tags.get('postflow.decision_reason')}); {champion}"
     )
     print(
         f"test macro-F1: MLP {m['mlp_test_macro_f1']:.3f} | logistic "

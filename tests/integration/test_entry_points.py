@@ -125,14 +125,14 @@ def test_make_demo_at_a_small_size(fresh_mysql_db, tmp_path):
     end = datetime.now(UTC).date()
     env = _environ(state, fresh_mysql_db.admin.uri())
     proc = subprocess.run(
-        [str(VENV_BIN / "python"), "-m", "tools.demo", "--posts", "120", "--days", "2",
+        [str(VENV_BIN / "python"), "-m", "tools.demo", "--posts", "240", "--days", "4",
          "--end", str(end), "--seed", "5"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=840,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     summary = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith('{"days"')))
-    days = [str(end - timedelta(days=n)) for n in (2, 1)]
+    days = [str(end - timedelta(days=n)) for n in (4, 3, 2, 1)]
     assert summary["days"] == days and summary["failed_days"] == []
     assert summary["rows_in"] > 0 and summary["quarantined"] > 0  # demo data plants bad rows
 
