@@ -114,7 +114,7 @@ def test_make_up_starts_answers_and_stops_cleanly_on_sigterm(fresh_mysql_db, tmp
     assert _processes_with("AIRFLOW_HOME", airflow_home) == [], "Airflow processes left behind"
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_make_demo_at_a_small_size(fresh_mysql_db, tmp_path):
     """posts_etl for two days, retrain, the weekly report mailed: exit 0, and the figures it
     prints are the lake's (every extracted post in posts_clean or quarantine, none twice)."""
@@ -127,7 +127,7 @@ def test_make_demo_at_a_small_size(fresh_mysql_db, tmp_path):
     proc = subprocess.run(
         [str(VENV_BIN / "python"), "-m", "tools.demo", "--posts", "240", "--days", "4",
          "--end", str(end), "--seed", "5"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=840,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1740,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
