@@ -116,7 +116,7 @@ def test_make_up_starts_answers_and_stops_cleanly_on_sigterm(fresh_mysql_db, tmp
 
 @pytest.mark.timeout(1800)
 def test_make_demo_at_a_small_size(fresh_mysql_db, tmp_path):
-    """posts_etl for two days, retrain, the weekly report mailed: exit 0, and the figures it
+    """posts_etl for four days, retrain, the weekly report mailed: exit 0, and the figures it
     prints are the lake's (every extracted post in posts_clean or quarantine, none twice)."""
     from ml.config import Settings
     from ml.lake.partitions import Lake
