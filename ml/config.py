@@ -9,6 +9,7 @@ when present; an empty `POSTFLOW_CONFIG` reads no file) > defaults. Airflow task
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -280,3 +281,14 @@ def _convert(name: str, typ: Any, raw: Any) -> Any:
     if typ == "str | None" and raw == "":
         return None
     return raw
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`--shard i/N` of the embed and validate steps: shard i (from 0) of N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--shard must look like i/N, got {text!r}") from exc
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < N")
+    return i, n

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ml.config import parse_shard
 from ml.features.encoders import (
     ImageEncoder,
     Item,
@@ -63,16 +64,6 @@ def content_hash(image_bytes: bytes, caption: str | None) -> str:
     h.update(b"\x00")
     h.update((caption or "").encode("utf-8"))
     return h.hexdigest()
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--shard must look like i/N, got {text!r}") from exc
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < N")
-    return i, n
 
 
 def shard_mask(post_ids, index: int, count: int) -> np.ndarray:

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ml.config import ConfigError, Settings
+from ml.config import ConfigError, Settings, parse_shard
 from ml.ingest.etl import (
     CleanStats,
     ReconciliationError,
@@ -353,16 +353,6 @@ def _parse_ts(value: str) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def _parse_shard(value: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in value.split("/"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not i/N (e.g. 0/4)") from exc
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"shard {value!r}: need 0 <= i < N")
-    return i, n
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ml etl",
@@ -382,7 +372,7 @@ def main(argv: list[str]) -> int:
         "--shard is given; plan prints the shard count; merge commits the staged shards",
     )
     parser.add_argument(
-        "--shard", type=_parse_shard, help="with --step validate: validate shard i of N only"
+        "--shard", type=parse_shard, help="with --step validate: validate shard i of N only"
     )
     parser.add_argument(
         "--shards", type=int, help="with --step merge: N (default: derived like plan)"
