@@ -55,6 +55,7 @@ def build_day(root: Path, n: int, size: int, workers: int) -> tuple[object, str,
     import pyarrow as pa
 
     from ml.demo import posts as dd
+    from ml.demo.photos import write_images
     from ml.ingest.captions import sanitize_captions
     from ml.ingest.images import ImageStore
     from ml.lake.partitions import Lake
@@ -64,7 +65,7 @@ def build_day(root: Path, n: int, size: int, workers: int) -> tuple[object, str,
     store.ensure_root()
     p = dd.build_posts(n, 1, END, SEED, 1, 0.0, size, store.uri_prefix)
     p.image_mode = ["jpeg"] * n  # the odd formats of the demo set are not what we time here
-    dd.write_images(p, store, SEED, workers)
+    write_images(p, store, SEED, workers)
     captions = sanitize_captions(pd.Series(p.captions, dtype="object")).tolist()
     table = pa.table(
         {

@@ -77,7 +77,7 @@ def _seed_mlflow(settings, lake, week, days_of_history: int, train_days: list[st
             name, source=f"{lake.root}/none", run_id=run.info.run_id, tags=tags
         )
     # the last version: a real model, trained, logged and registered, then made champion
-    data = DS.load_dataset(lake, train_days[0], train_days[-1], horizon_days=0)
+    data = DS.load_dataset(lake, train_days[0], train_days[-1], horizon_days=1)
     result = T.run_training(data, M.TrainConfig(max_epochs=5, device="cpu"))
     run_id = registry.log_training(result, settings, ds=train_days[-1])
     version = registry.register_challenger(run_id, settings)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             "lake": str(tmp / "lake"),
             "image_root": str(tmp / "images"),  # none there: the mistakes say "no photo"
             "mlflow_uri": f"sqlite:///{tmp}/mlflow.db",
-            "label_horizon_days": 0,
+            "label_horizon_days": 1,  # the last day's posts wait for their horizon
             "report_weeks": args.weeks,
         },
         environ={"POSTFLOW_CONFIG": ""},

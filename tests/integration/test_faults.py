@@ -589,11 +589,11 @@ def models(tmp_path: Path, mlflow_server, proxy):
     X, y = class_features(n, sep=1.5, dtype=np.float16)
     ids = np.arange(1, n + 1) * 7 + 3
     lake = Lake(str(tmp_path / "lake"))
-    old = datetime(2024, 3, 1)
     for ds, sl in ((START, slice(0, n // 2)), (END, slice(n // 2, n))):
         k = len(ids[sl])
+        posted = datetime.fromisoformat(ds)  # created in the window, labelled at horizon 0
         cols = {"id": ids[sl], "author_id": [1] * k, "caption": ["c"] * k, "image_uri": ["x"] * k}
-        cols |= {"hearts": [3] * k, "created_at": [old] * k, "updated_at": [old] * k}
+        cols |= {"hearts": [3] * k, "created_at": [posted] * k, "updated_at": [posted] * k}
         cols["comment_count"] = np.asarray(DEFAULT_EDGES)[y[sl]] + 0
         write_posts_clean(lake, ds, cols)
         write_features(lake, ds, ids[sl], X[sl].astype(np.float32))
@@ -603,6 +603,7 @@ def models(tmp_path: Path, mlflow_server, proxy):
         "PYTHONPATH": str(REPO),
         "POSTFLOW_CONFIG": "",
         "POSTFLOW_LAKE": lake.root,
+        "POSTFLOW_LABEL_HORIZON_DAYS": "0",
         "POSTFLOW_MLFLOW_URI": f"http://127.0.0.1:{server.port}",
         "POSTFLOW_MLFLOW_EXPERIMENT": f"faults-{tag}",
         "POSTFLOW_REGISTERED_MODEL": f"faults-{tag}",

@@ -197,17 +197,21 @@ def test_no_password_appears_in_logs_xcoms_mlflow_lake_or_email(
     )  # the URI does carry the password: the scan below means something
 
     # posts_etl (Airflow, the reader's password in the connection)
-    demo_days(settings.replace(mysql_uri=fresh_mysql_db.admin.uri()), [DAY], posts=300, seed=3)
-    assert str(run_posts_etl(DAY).state) == "success"
-    # features for the clean posts (no embedding: not what is tested), then train + promote
+    # two days: the first day's posts reach their 1-day horizon in the second day's extract
+    days = [DAY - timedelta(days=1), DAY]
+    demo_days(settings.replace(mysql_uri=fresh_mysql_db.admin.uri()), days, posts=300, seed=3)
     lake = Lake.from_settings(settings)
-    ids = lake.read_partition("posts_clean", DAY, columns=["id"]).column("id").to_numpy()
-    X, _ = class_features(len(ids), seed=1)
-    write_features(lake, str(DAY), ids, np.asarray(X, np.float32))
+    for i, day in enumerate(days):
+        assert str(run_posts_etl(day).state) == "success"
+        # features for the clean posts (no embedding: not what is tested), then train + promote
+        ids = lake.read_partition("posts_clean", day, columns=["id"]).column("id").to_numpy()
+        X, _ = class_features(len(ids), seed=1 + i)
+        write_features(lake, str(day), ids, np.asarray(X, np.float32))
+    window = ["--start", str(days[0]), "--end", str(DAY)]
     outputs = []
     for argv in (
-        ["train", "--start", str(DAY), "--end", str(DAY), "--ds", str(DAY), "--max-epochs", "3"],
-        ["promote", "--version", "challenger", "--start", str(DAY), "--end", str(DAY)],
+        ["train", *window, "--ds", str(DAY), "--max-epochs", "3"],
+        ["promote", "--version", "challenger", *window],
     ):
         out = subprocess.run(
             [str(VENV_BIN / "python"), "-m", "ml", *argv],
