@@ -116,6 +116,7 @@ class PromotionDecision:
     challenger_ci: list[float] | None = None
     champion_ci: list[float] | None = None
     improvement_ci: list[float] | None = None
+    baseline_gap_ci: list[float] | None = None  # (challenger - its logistic baseline), test
     confidence: float | None = None
     window_end: str | None = None
     champion_window_end: str | None = None
@@ -125,6 +126,11 @@ class PromotionDecision:
     def to_dict(self) -> dict[str, Any]:
         """As plain JSON values (NaN as None)."""
         return {k: None if is_nan(v) else v for k, v in asdict(self).items()}
+
+
+def confidence_of(bootstrap: Bootstrap | None) -> str:
+    """The bootstrap's confidence as the reasons print it ("90%")."""
+    return f"{bootstrap.confidence:.0%}" if bootstrap else "the gate's confidence"
 
 
 def is_nan(x: Any) -> bool:
@@ -145,6 +151,7 @@ def decide(
     challenger_version: int | None = None,
     champion_version: int | None = None,
     baseline_macro_f1: float | None = None,
+    baseline_gap: Interval | None = None,
     bootstrap: Bootstrap | None = None,
     min_class_support: int = 0,
     window_end: str | None = None,
@@ -156,8 +163,12 @@ def decide(
     """The gate, on metrics of both models computed on the same test rows. Every failed rule
     is named in the reason:
     1. challenger macro-F1 >= `min_macro_f1` (the floor);
-    2. challenger macro-F1 >= its own logistic baseline's (`baseline_macro_f1`), the first
-       model included: a model worse than a linear fit on the same features is not served;
+    2. not worse than its own logistic baseline (`baseline_macro_f1`), the first model
+       included: a model worse than a linear fit on the same features is not served. With the
+       paired interval of (challenger - baseline) from training (`baseline_gap`), refused when
+       it lies wholly below 0 (the baseline is credibly better; on a few hundred test posts a
+       point estimate would refuse an MLP as good as its baseline about half the time); without
+       one (a run from before), when the point estimate is below the baseline's;
     3. recency: its data must not end before the champion's (`window_end`): a backfill of old
        days trains a model on an old window, which never replaces a newer one;
     4. against the champion: a champion of another target or encoders (`incomparable`, the
@@ -181,10 +192,18 @@ def decide(
         failures.append("challenger macro-F1 is undefined (no test rows)")
     elif c_f1 + _EPS < min_macro_f1:
         failures.append(f"macro-F1 {c_f1:.4f} below the floor {min_macro_f1:.4f}")
-    if is_finite(c_f1) and is_finite(baseline_macro_f1) and c_f1 + _EPS < baseline_macro_f1:
-        failures.append(
-            f"macro-F1 {c_f1:.4f} below its own logistic baseline {baseline_macro_f1:.4f}"
-        )
+    gap = f" (gap {baseline_gap} at {confidence_of(bootstrap)})" if baseline_gap else ""
+    if is_finite(c_f1) and is_finite(baseline_macro_f1):
+        if baseline_gap is not None:
+            if baseline_gap.high < -_EPS:
+                failures.append(
+                    f"macro-F1 {c_f1:.4f} credibly below its own logistic baseline "
+                    f"{baseline_macro_f1:.4f}{gap}"
+                )
+        elif c_f1 + _EPS < baseline_macro_f1:
+            failures.append(
+                f"macro-F1 {c_f1:.4f} below its own logistic baseline {baseline_macro_f1:.4f}"
+            )
     if window_end and champion_window_end and window_end < champion_window_end:
         failures.append(
             f"trained on data up to {window_end}, older than champion v{champion_version}'s "
@@ -213,11 +232,10 @@ def decide(
         ]
         if drops:
             failures.append(f"recall drops by more than {max_recall_drop:.3f}: " + ", ".join(drops))
-    baseline = (
-        f", >= its logistic baseline {baseline_macro_f1:.4f}"
-        if is_finite(baseline_macro_f1)
-        else ""
-    )
+    baseline = ""
+    if is_finite(baseline_macro_f1):
+        relation = "not credibly below" if baseline_gap is not None else ">="
+        baseline = f", {relation} its logistic baseline {baseline_macro_f1:.4f}{gap}"
     if failures:
         reason = "; ".join(failures)
     elif champion_metrics is None:
@@ -246,6 +264,7 @@ def decide(
         challenger_ci=bootstrap.challenger.to_list() if bootstrap else None,
         champion_ci=bootstrap.champion.to_list() if bootstrap and bootstrap.champion else None,
         improvement_ci=improvement.to_list() if improvement else None,
+        baseline_gap_ci=baseline_gap.to_list() if baseline_gap else None,
         confidence=bootstrap.confidence if bootstrap else None,
         window_end=window_end,
         champion_window_end=champion_window_end,

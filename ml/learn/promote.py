@@ -22,9 +22,23 @@ from typing import Any
 import numpy as np
 
 from ml.learn.dataset import TrainingData, load_dataset
-from ml.learn.gate import PromotionDecision, decide, is_finite, is_nan, paired_bootstrap
+from ml.learn.gate import (
+    Interval,
+    PromotionDecision,
+    decide,
+    is_finite,
+    is_nan,
+    paired_bootstrap,
+)
 from ml.learn.model import metrics_from_predictions
-from ml.learn.registry import CHAMPION, RegistryError, alias_version, connect, load_version
+from ml.learn.registry import (
+    CHAMPION,
+    GAP_METRIC,
+    RegistryError,
+    alias_version,
+    connect,
+    load_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +59,7 @@ class RunFacts:
     family: str
     logistic_test_macro_f1: float | None
     horizon_days: int | None = None
+    baseline_gap: Interval | None = None  # (MLP - logistic) test macro-F1, from training
     image_model: str | None = None
     text_model: str | None = None
 
@@ -55,12 +70,14 @@ class RunFacts:
         data = client.get_run(run_id).data
         raw = data.params.get("edges")
         horizon = data.params.get("label_horizon_days")
+        low, high = (data.metrics.get(f"{GAP_METRIC}_{end}") for end in ("low", "high"))
         return cls(
             edges=tuple(json.loads(raw)) if raw else None,
             window_end=data.params.get("window_end"),
             family=data.params.get("family", "mlp"),
             logistic_test_macro_f1=data.metrics.get("logistic_test_macro_f1"),
             horizon_days=int(horizon) if horizon is not None else None,
+            baseline_gap=Interval(low, high) if low is not None and high is not None else None,
             image_model=data.params.get("image_model"),
             text_model=data.params.get("text_model"),
         )
@@ -128,6 +145,7 @@ def _record(client: Any, settings: Any, mv: Any, decision: PromotionDecision) ->
         "postflow.challenger_macro_f1_ci": ci(d.challenger_ci),
         "postflow.champion_macro_f1_ci": ci(d.champion_ci),
         "postflow.improvement_ci": ci(d.improvement_ci),
+        "postflow.baseline_gap_ci": ci(d.baseline_gap_ci),
         "postflow.confidence": "" if d.confidence is None else str(d.confidence),
         "postflow.family": d.family or "",
         "postflow.rebaseline": "true" if d.rebaseline else "false",
@@ -187,6 +205,7 @@ def promote_on(
     c_pred = _predict(load_version(name, ch_version), X_test, len(y_test))
     c_metrics = metrics_from_predictions(y_test, c_pred, k)
     baseline = None if facts.family == "logistic" else facts.logistic_test_macro_f1
+    baseline_gap = None if facts.family == "logistic" else facts.baseline_gap
     gate = {
         "min_class_support": settings.min_class_support,
         "window_end": facts.window_end,
@@ -232,6 +251,7 @@ def promote_on(
         settings.min_macro_f1,
         champion_version=champ_version,
         baseline_macro_f1=baseline,
+        baseline_gap=baseline_gap,
         bootstrap=boot,
         champion_window_end=champ_facts.window_end if champ_facts else None,
         rebaseline=rebaseline,

@@ -42,6 +42,7 @@ CHALLENGER = "challenger"
 MODEL_NAME = "model"  # the pyfunc model's name in its run: runs:/<run_id>/model
 FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MODELS = ("mlp", "majority", "logistic")
+GAP_METRIC = "mlp_minus_logistic_test_macro_f1"  # its _low and _high: the bootstrap interval
 # run tags copied onto the registered version
 VERSION_TAGS = (
     "postflow.window",
@@ -239,6 +240,9 @@ def _run_metrics(result: Any) -> list[tuple[str, float, int]]:
     for k, r in enumerate(result.metrics["mlp"]["test"]["per_class_recall"]):
         if r is not None:
             out.append((f"mlp_test_recall_class_{k}", float(r), 0))
+    gap = getattr(result, "baseline_gap", None)
+    if gap is not None:  # the interval the gate's baseline rule states
+        out += [(f"{GAP_METRIC}_low", gap.low, 0), (f"{GAP_METRIC}_high", gap.high, 0)]
     for split in ("train", "val", "test"):
         out.append((f"split_{split}_rows", float(result.split_sizes[split]), 0))
     for key, value in result.data.split_stats.items():  # reserve, groups, caption leaks

@@ -17,6 +17,7 @@ from typing import Any
 from ml.config import parse_edges, redact_uri
 from ml.learn.bins import histogram
 from ml.learn.dataset import SPLITS, TrainingData, build_split, split_features
+from ml.learn.gate import Interval, paired_bootstrap
 from ml.learn.labels import target_sentence
 from ml.learn.model import TrainConfig, TrainedModel, evaluate, train_baselines, train_model
 
@@ -35,6 +36,10 @@ class TrainingResult:
     data: TrainingData
     seconds: float
     groups: dict[str, list[int]] = field(default_factory=dict)  # reposts kept together
+    # the MLP's test macro-F1 minus its logistic baseline's: a paired bootstrap interval over
+    # the test posts' repost groups, so the gate's baseline rule is stated with its spread
+    baseline_gap: Interval | None = None
+    baseline_gap_confidence: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -52,6 +57,9 @@ class TrainingResult:
                 name: {s: m[s]["macro_f1"] for s in ("val", "test")}
                 for name, m in self.metrics.items()
             },
+            "mlp_minus_logistic_test_macro_f1": (
+                None if self.baseline_gap is None else self.baseline_gap.to_list()
+            ),
             "seconds": round(self.seconds, 2),
         }
 
@@ -64,10 +72,18 @@ def pick_family(metrics: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "logistic" if logistic > mlp + 1e-9 else "mlp"
 
 
-def run_training(data: TrainingData, config: TrainConfig | None = None) -> TrainingResult:
+def run_training(
+    data: TrainingData,
+    config: TrainConfig | None = None,
+    *,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.9,
+) -> TrainingResult:
     """Train the MLP and the baselines on the train split, evaluate all three on val and test,
     and pick the family to register on validation (test stays untouched by the choice). Refuses
-    (ValueError) a window whose features come from more than one encoder pair."""
+    (ValueError) a window whose features come from more than one encoder pair. The interval of
+    (MLP - logistic) test macro-F1 uses the gate's bootstrap (`bootstrap_samples`, `confidence`:
+    POSTFLOW_BOOTSTRAP_SAMPLES and POSTFLOW_PROMOTION_CONFIDENCE)."""
     data.encoder_pair()
     cfg = replace(config or TrainConfig(), n_classes=len(data.edges))
     t0 = time.monotonic()
@@ -84,6 +100,19 @@ def run_training(data: TrainingData, config: TrainConfig | None = None) -> Train
         for name, m in candidates.items()
     }
     family = pick_family(metrics)
+    gap = None
+    if sizes["test"] and "logistic" in baselines:
+        test = parts["test"]
+        groups = data.group[test] if data.group is not None else None
+        gap = paired_bootstrap(
+            y[test],
+            mlp.predict(X[test]),
+            baselines["logistic"].predict(X[test]),
+            cfg.n_classes,
+            samples=bootstrap_samples,
+            confidence=confidence,
+            groups=groups,
+        ).improvement
     return TrainingResult(
         model=candidates[family],
         family=family,
@@ -94,6 +123,8 @@ def run_training(data: TrainingData, config: TrainConfig | None = None) -> Train
         label_histogram={s: histogram(y[v], cfg.n_classes) for s, v in parts.items()},
         data=data,
         seconds=time.monotonic() - t0,
+        baseline_gap=gap,
+        baseline_gap_confidence=confidence if gap is not None else None,
     )
 
 
@@ -155,7 +186,12 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         max_epochs=args.max_epochs,
     )
-    result = run_training(data, cfg)
+    result = run_training(
+        data,
+        cfg,
+        bootstrap_samples=settings.bootstrap_samples,
+        confidence=settings.promotion_confidence,
+    )
     result.groups = split.repost_groups()
     if args.out:
         result.model.save(args.out)

@@ -236,6 +236,10 @@ def test_train_logs_a_complete_run(world):
             for metric in R.FINAL_METRICS:
                 assert f"{model}_{split}_{metric}" in mt
     assert mt["mlp_test_macro_f1"] > mt["majority_test_macro_f1"] + 0.2
+    # the baseline rule's interval: paired over the same test posts, around the point gap
+    gap = mt["mlp_test_macro_f1"] - mt["logistic_test_macro_f1"]
+    low, high = mt[f"{R.GAP_METRIC}_low"], mt[f"{R.GAP_METRIC}_high"]
+    assert low < high and low - 1e-9 <= gap <= high + 1e-9, (low, gap, high)
     # the registered family is the one that won on validation, its scores under `model_`
     family = p["family"]
     assert tags["postflow.family"] == family and family in ("mlp", "logistic")
@@ -284,6 +288,20 @@ def test_first_model_must_beat_its_own_logistic_baseline():
     assert not d.promoted and "below its own logistic baseline 0.4670" in d.reason
     d = G.decide(m(0.50, 0.5), None, baseline_macro_f1=0.467)
     assert d.promoted and "logistic baseline 0.4670" in d.reason and d.baseline_macro_f1 == 0.467
+
+
+def test_the_baseline_rule_is_stated_with_its_interval():
+    """With the paired interval of (MLP - logistic) from training, a point estimate below the
+    baseline but inside the noise passes, saying so; an interval wholly below 0 refuses."""
+    noisy = G.Interval(-0.041, 0.022)  # MLP 0.450 vs logistic 0.460: not credibly worse
+    d = G.decide(m(0.450, 0.5), None, baseline_macro_f1=0.460, baseline_gap=noisy)
+    assert d.promoted, d.reason
+    assert "not credibly below its logistic baseline 0.4600 (gap [-0.0410, 0.0220]" in d.reason
+    assert d.baseline_gap_ci == [-0.041, 0.022]
+    worse = G.Interval(-0.090, -0.012)
+    d = G.decide(m(0.410, 0.5), None, baseline_macro_f1=0.460, baseline_gap=worse)
+    assert not d.promoted and "credibly below its own logistic baseline 0.4600" in d.reason
+    assert "[-0.0900, -0.0120]" in d.reason
 
 
 def test_a_backfill_never_replaces_a_newer_champion():
@@ -416,6 +434,7 @@ def test_worse_challenger_is_rejected_and_the_champion_stays(world):
     data = DS.load_dataset(lake, START, END, horizon_days=0)
     data.y = np.random.default_rng(1).permutation(data.y)  # labels unrelated to features
     result = T.run_training(data, M.TrainConfig(max_epochs=5, seed=0))
+    result.family, result.model = "mlp", result.mlp  # the family the baseline rule applies to
     run_id = R.log_training(result, s, ds=END, code_version="test")
     assert R.register_challenger(run_id, s) == 2
     client = R.connect(s)
@@ -438,6 +457,12 @@ def test_worse_challenger_is_rejected_and_the_champion_stays(world):
     assert run.data.tags["postflow.promotion"] == "rejected"
     assert run.data.tags["postflow.code_version"] == "test"
     assert run.data.metrics["gate_champion_macro_f1"] == pytest.approx(d.champion_macro_f1)
+    # the baseline rule, stated with the interval training measured on the same test posts
+    gap = [run.data.metrics[f"{R.GAP_METRIC}_{end}"] for end in ("low", "high")]
+    assert d.baseline_gap_ci == pytest.approx(gap) and gap == pytest.approx(
+        result.baseline_gap.to_list()
+    )
+    assert json.loads(tags["postflow.baseline_gap_ci"]) == pytest.approx(gap, abs=1e-6)
 
     again = P.promote(s, lake, 1, START, END)  # re-running for the champion changes nothing
     assert again.promoted and "already the champion" in again.reason
