@@ -610,7 +610,28 @@ def check_report_email(env: dict[str, str], week_start: date) -> None:
     log(f"report email {msg['Subject']!r}: {len(cids)} inline images ({shown}), link opens")
 
 
+def mysql_counts(env: dict[str, str], days: list[date]) -> dict[str, int]:
+    """Posts per day of `updated_at` in the source, read with the `mysql` client of the MySQL
+    image (its documented use: `docker exec ... mysql`), as root: what each day's extract had
+    to return."""
+    sql = "".join(
+        f"SELECT '{d}', COUNT(*) FROM posts WHERE updated_at >= '{d}' "
+        f"AND updated_at < '{d + timedelta(days=1)}';"
+        for d in days
+    )
+    text = compose(
+        "exec", "-T", "-e", f"MYSQL_PWD={env['MYSQL_ROOT_PASSWORD']}", "mysql",
+        "mysql", "-uroot", "-N", "-B", "-e", sql, env["MYSQL_DATABASE"],
+        capture=True,
+    )  # fmt: skip
+    counts = dict(line.split("\t") for line in text.strip().splitlines())
+    return {day: int(n) for day, n in counts.items()}
+
+
 def check_lake(env: dict[str, str], days: list[date]) -> None:
+    """Each day's partitions are in the bucket, and nothing was lost on the way: posts_raw holds
+    as many rows as MySQL has posts updated that day, and each of them is in posts_clean or in
+    quarantine (the manifests' row counts)."""
     import boto3
 
     s3 = boto3.client(
@@ -621,17 +642,32 @@ def check_lake(env: dict[str, str], days: list[date]) -> None:
         aws_secret_access_key=env["POSTFLOW_S3_SECRET_KEY"],
     )
     bucket = env["LAKE_BUCKET"]
-    missing = []
-    for dataset in ("posts_clean", "features"):
+    missing, rows = [], {}
+    for dataset in ("posts_raw", "posts_clean", "quarantine", "features"):
         for d in days:
             key = f"lake/{dataset}/ds={d}/_manifest.json"
             try:
-                s3.head_object(Bucket=bucket, Key=key)
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             except s3.exceptions.ClientError:
                 missing.append(key)
+                continue
+            rows[dataset, str(d)] = int(json.loads(body)["rows"])
     if missing:
         raise StackFailure(f"lake partitions missing in s3://{bucket}: {missing}")
-    log(f"lake partitions posts_clean and features for {len(days)} days are in s3://{bucket}")
+    source = mysql_counts(env, days)
+    lost = {
+        day: {"mysql": n, "raw": rows["posts_raw", day], "clean": rows["posts_clean", day],
+              "quarantine": rows["quarantine", day]}
+        for day, n in source.items()
+        if not n == rows["posts_raw", day] == rows["posts_clean", day] + rows["quarantine", day]
+    }  # fmt: skip
+    if lost or sorted(source) != [str(d) for d in days] or not all(source.values()):
+        raise StackFailure(f"lake rows do not add up to MySQL's posts per day: {lost or source}")
+    counts = ", ".join(
+        f"{day} {n} = {rows['posts_clean', day]} clean + {rows['quarantine', day]} quarantined"
+        for day, n in source.items()
+    )
+    log(f"lake partitions for {len(days)} days are in s3://{bucket}; MySQL vs lake: {counts}")
 
 
 # -- main ---------------------------------------------------------------------------------------
