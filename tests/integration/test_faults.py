@@ -21,7 +21,7 @@ import pytest
 
 from ml.config import Settings
 from ml.ingest.etl import reconcile, run_etl
-from ml.lake.partitions import Lake, LakeError
+from ml.lake.partitions import Lake
 from tests.conftest import REPO, VENV_BIN
 from tests.integration.test_etl_stages import DAY, WINDOW, ids_of, insert, row
 
@@ -441,15 +441,6 @@ def test_s3_endpoint_gone_mid_write_then_back(settings, fresh_mysql_db, s3_serve
     assert out.returncode == 0, out.stderr
     assert ids_of(direct, "posts_raw") == list(range(1, 31))
     assert reconcile(settings, WINDOW)["rows_in"] == 30
-
-
-def test_lake_error_names_the_partition(tmp_path):
-    lake = Lake(str(tmp_path / "lake"))
-    with pytest.raises(LakeError, match="not committed"):
-        with lake.writer("t", DAY, pa.schema([("id", pa.int64())])) as w:
-            w.write(pa.table({"id": [1]}))
-            raise OSError(28, "No space left on device")
-    assert lake.read_manifest("t", DAY) is None
 
 
 # -- the SMTP server refusing, then accepting -----------------------------------------------------
