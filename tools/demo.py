@@ -209,6 +209,13 @@ def _print_model(settings, bayes: float | None) -> None:
         f"{m['logistic_test_macro_f1']:.3f} | majority {m['majority_test_macro_f1']:.3f}"
         f"   (MLP accuracy {m['mlp_test_accuracy']:.3f})"
     )
+    tags, conf = latest.tags, f"{settings.promotion_confidence:.0%}"
+    print(
+        f"gate:        {conf} intervals over repost groups: challenger macro-F1 "
+        f"{tags.get('postflow.challenger_macro_f1_ci') or '-'}, MLP - logistic "
+        f"{tags.get('postflow.baseline_gap_ci') or '-'}; a later challenger needs its gain over "
+        f"the champion above the margin {settings.promotion_margin:g} at {conf}"
+    )
     if bayes:
         print(
             f"best achievable accuracy on these posts (Bayes, from the generator): {bayes:.3f}; "
