@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/system-deps.sh
 
 install: $(STAMP)
 
-# The tests also look at HTML (report, Airflow grid) in headless Chromium.
+# The tests also look at HTML (report, Airflow grid) in headless Chromium, and check that
+# Debian's docker-compose (compose v1) reads the compose file.
 TEST_STAMP := $(VENV)/.postflow-test-deps
-$(TEST_STAMP): $(STAMP) scripts/system-deps.sh
-	./scripts/system-deps.sh chromium
+$(TEST_STAMP): $(STAMP) scripts/system-deps.sh Makefile
+	./scripts/system-deps.sh chromium docker-compose
 	@touch $@
 
 demo: install

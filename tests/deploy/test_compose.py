@@ -486,8 +486,10 @@ def test_debians_docker_compose_accepts_the_file(tmp_path):
     import subprocess
 
     exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.skip("docker-compose (Debian's package) is not installed")
+    assert exe is not None, (
+        "docker-compose (Debian's package) is not installed: `make test` installs it "
+        "(scripts/system-deps.sh docker-compose)"
+    )
     env_file = tmp_path / ".env"
     env_file.write_text(ENV_EXAMPLE.read_text())
     run = subprocess.run(
