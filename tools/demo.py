@@ -209,12 +209,17 @@ def _print_model(settings, bayes: float | None) -> None:
         f"{m['logistic_test_macro_f1']:.3f} | majority {m['majority_test_macro_f1']:.3f}"
         f"   (MLP accuracy {m['mlp_test_accuracy']:.3f})"
     )
-    tags, conf = latest.tags, f"{settings.promotion_confidence:.0%}"
+    conf = f"{settings.promotion_confidence:.0%}"
+
+    def interval(tag: str) -> str:
+        raw = latest.tags.get(tag)
+        return "-" if not raw else "[{:.3f}, {:.3f}]".format(*json.loads(raw))
+
     print(
         f"gate:        {conf} intervals over repost groups: challenger macro-F1 "
-        f"{tags.get('postflow.challenger_macro_f1_ci') or '-'}, MLP - logistic "
-        f"{tags.get('postflow.baseline_gap_ci') or '-'}; a later challenger needs its gain over "
-        f"the champion above the margin {settings.promotion_margin:g} at {conf}"
+        f"{interval('postflow.challenger_macro_f1_ci')}, MLP - logistic "
+        f"{interval('postflow.baseline_gap_ci')}; a later challenger needs its gain over the "
+        f"champion above the margin {settings.promotion_margin:g} at {conf}"
     )
     if bayes:
         print(
