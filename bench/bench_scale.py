@@ -25,9 +25,11 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from bench.bench_images import make_images
+from ml.ingest.extract import window_stats
 from ml.ingest.source import MySQLTarget, create_schema
 
 DAY = "2026-11-20"
@@ -58,19 +60,6 @@ def populate(admin: MySQLTarget, rows: int, real_every: int) -> None:
     )
     conn.commit()
     conn.close()
-
-
-def source_count(admin: MySQLTarget) -> int:
-    """Posts MySQL holds for the day: what nothing-lost is counted against (not `rows`)."""
-    conn = admin.connect()
-    cur = conn.cursor()
-    cur.execute(
-        "SELECT COUNT(*) FROM posts WHERE updated_at >= %s AND updated_at < %s + INTERVAL 1 DAY",
-        (DAY, DAY),
-    )
-    (n,) = cur.fetchone()
-    conn.close()
-    return int(n)
 
 
 def photos(root: Path) -> None:
@@ -151,7 +140,9 @@ def day(rows: int, args: argparse.Namespace) -> dict:
     try:
         t0 = time.perf_counter()
         populate(admin, rows, args.real_every)
-        in_day = source_count(admin)
+        # nothing lost is counted against MySQL's count of the day, not against `rows`
+        start = datetime.fromisoformat(DAY)
+        in_day = window_stats(admin, start, start + timedelta(days=1)).rows
         if in_day != rows:  # the bench's own setup, not the pipeline: stop before timing it
             raise RuntimeError(f"MySQL's day holds {in_day:,} of the {rows:,} posts written")
         photos(tmp / "images")

@@ -240,7 +240,7 @@ def _run_metrics(result: Any) -> list[tuple[str, float, int]]:
     for k, r in enumerate(result.metrics["mlp"]["test"]["per_class_recall"]):
         if r is not None:
             out.append((f"mlp_test_recall_class_{k}", float(r), 0))
-    gap = getattr(result, "baseline_gap", None)
+    gap = result.baseline_gap
     if gap is not None:  # the interval the gate's baseline rule states
         out += [(f"{GAP_METRIC}_low", gap.low, 0), (f"{GAP_METRIC}_high", gap.high, 0)]
     for split in ("train", "val", "test"):

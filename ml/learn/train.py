@@ -39,7 +39,6 @@ class TrainingResult:
     # the MLP's test macro-F1 minus its logistic baseline's: a paired bootstrap interval over
     # the test posts' repost groups, so the gate's baseline rule is stated with its spread
     baseline_gap: Interval | None = None
-    baseline_gap_confidence: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -124,7 +123,6 @@ def run_training(
         data=data,
         seconds=time.monotonic() - t0,
         baseline_gap=gap,
-        baseline_gap_confidence=confidence if gap is not None else None,
     )
 
 
