@@ -30,8 +30,14 @@ STAGES = ("extract", "validate", "reconcile")
 PHOTOS = 8
 
 
-def populate(admin: MySQLTarget, rows: int) -> None:
-    """`rows` posts updated on DAY, each pointing at one of PHOTOS photo files."""
+def populate(
+    admin: MySQLTarget,
+    rows: int,
+    image_uri: str = f"CONCAT('p', seq % {PHOTOS}, '.jpg')",
+    hearts: str = "seq % 997",
+) -> None:
+    """`rows` posts updated on DAY from MariaDB's sequence engine; `image_uri` and `hearts` are
+    SQL expressions of `seq` (by default each post points at one of PHOTOS photo files)."""
     create_schema(admin)
     conn = admin.connect()
     cur = conn.cursor()
@@ -40,7 +46,7 @@ def populate(admin: MySQLTarget, rows: int) -> None:
         "created_at, updated_at) "
         "SELECT seq, seq % 50000, "
         "CONCAT('caption number ', seq, ' golden hour at the beach #sun'), "
-        f"CONCAT('p', seq % {PHOTOS}, '.jpg'), seq % 997, seq % 613, "
+        f"{image_uri}, {hearts}, seq % 613, "
         f"TIMESTAMP('{DAY}') + INTERVAL (seq % 86400) SECOND, "
         f"TIMESTAMP('{DAY}') + INTERVAL (seq % 86400) SECOND FROM seq_1_to_{int(rows)}"
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -28,34 +27,29 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from bench import bench_load
 from bench.bench_images import make_images
 from ml.ingest.extract import window_stats
-from ml.ingest.source import MySQLTarget, create_schema
+from ml.ingest.source import MySQLTarget
 
-DAY = "2026-11-20"
-SMALL = 8
+DAY = bench_load.DAY
 REAL = 8
 
 
 def populate(admin: MySQLTarget, rows: int, real_every: int) -> None:
-    create_schema(admin)
-    conn = admin.connect()
-    cur = conn.cursor()
-    cur.execute(
-        "INSERT INTO posts (id, author_id, caption, image_uri, hearts, comment_count, "
-        "created_at, updated_at) "
-        "SELECT seq, seq % 50000, "
-        "CONCAT('caption number ', seq, ' golden hour at the beach #sun'), "
-        f"IF(seq % {real_every} = 0, CONCAT('real/', LPAD(seq % {REAL}, 5, '0'), '.jpg'), "
-        f"CONCAT('p', seq % {SMALL}, '.jpg')), "
-        # a few bad rows so quarantine is not empty: negative hearts, a missing photo
-        "IF(seq % 1009 = 0, -1, seq % 997), seq % 613, "
-        f"TIMESTAMP('{DAY}') + INTERVAL (seq % 86400) SECOND, "
-        f"TIMESTAMP('{DAY}') + INTERVAL (seq % 86400) SECOND FROM seq_1_to_{int(rows)}"
+    """bench_load's day, with one post in `real_every` on a real-size photo and a few bad rows
+    so that quarantine is not empty: negative hearts, a missing photo."""
+    bench_load.populate(
+        admin,
+        rows,
+        image_uri=f"IF(seq % {real_every} = 0, CONCAT('real/', LPAD(seq % {REAL}, 5, '0'), "
+        f"'.jpg'), CONCAT('p', seq % {bench_load.PHOTOS}, '.jpg'))",
+        hearts="IF(seq % 1009 = 0, -1, seq % 997)",
     )
+    conn = admin.connect()
     # updated_at kept: the table moves it on every UPDATE (ON UPDATE CURRENT_TIMESTAMP, as the
     # app's does), which took these posts out of the day (1,997 of 4M "lost" in the first run)
-    cur.execute(
+    conn.cursor().execute(
         "UPDATE posts SET image_uri = 'gone.jpg', updated_at = updated_at WHERE id % 2003 = 0"
     )
     conn.commit()
@@ -63,13 +57,9 @@ def populate(admin: MySQLTarget, rows: int, real_every: int) -> None:
 
 
 def photos(root: Path) -> None:
-    from PIL import Image
-
-    (root / "real").mkdir(parents=True, exist_ok=True)
-    for i in range(SMALL):
-        buf = io.BytesIO()
-        Image.new("RGB", (16, 16), (30 * i, 90, 200 - 20 * i)).save(buf, "JPEG", quality=90)
-        (root / f"p{i}.jpg").write_bytes(buf.getvalue())
+    """bench_load's small photos, and REAL real-size ones under `real/`."""
+    bench_load.photos(root)
+    (root / "real").mkdir()
     make_images(root / "real", REAL)
 
 

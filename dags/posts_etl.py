@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from postflow_airflow.assets import POSTS_CLEAN
 from postflow_airflow.notify import failure_notifier
-from postflow_airflow.settings import execution_timeout
+from postflow_airflow.settings import execution_timeout, task_settings, window_of
 
 
 @dag(
@@ -46,8 +46,6 @@ def posts_etl():
     @task
     def extract_posts(**context) -> dict:
         """MySQL → posts_raw/ds=D, in bounded id-range chunks."""
-        from postflow_airflow.settings import task_settings, window_of
-
         from ml.ingest.etl import extract
 
         return extract(task_settings(), window_of(context))
@@ -55,8 +53,6 @@ def posts_etl():
     @task
     def plan_shards(extracted: dict, **context) -> list[dict]:
         """How many validate shards the day's extract needs (POSTFLOW_VALIDATE_SHARDS)."""
-        from postflow_airflow.settings import task_settings, window_of
-
         from ml.ingest.shards import plan
 
         n = plan(task_settings(), window_of(context))["shards"]
@@ -65,8 +61,6 @@ def posts_etl():
     @task(map_index_template="{{ task.op_kwargs['shard']['shard'] }}")
     def validate_posts(shard: dict, **context) -> dict:
         """Great Expectations + sanitisers on one id range of posts_raw → staged parts."""
-        from postflow_airflow.settings import task_settings, window_of
-
         from ml.ingest.shards import validate_shard
 
         return validate_shard(task_settings(), window_of(context), shard["shard"], shard["shards"])
@@ -74,8 +68,6 @@ def posts_etl():
     @task
     def merge_posts(planned: list[dict], **context) -> dict:
         """The staged shards → one posts_clean/ds=D and one quarantine/ds=D manifest."""
-        from postflow_airflow.settings import task_settings, window_of
-
         from ml.ingest.shards import merge
 
         return merge(task_settings(), window_of(context), len(planned))
@@ -83,8 +75,6 @@ def posts_etl():
     @task(outlets=[POSTS_CLEAN])
     def reconcile_posts(merged: dict, **context) -> dict:
         """Fail loudly unless raw ids == clean ids + quarantined ids."""
-        from postflow_airflow.settings import task_settings, window_of
-
         from ml.ingest.etl import reconcile
 
         result = reconcile(task_settings(), window_of(context))

@@ -77,26 +77,11 @@ def retrain():
     embed = ml_step_mapped("embed_posts", "embed", plan)
     merge = ml_step("merge_features", "embed", plan["merge"], gpu=False)
     window = "{{{{ ti.xcom_pull(task_ids='plan_retrain', key='window')[{}] }}}}"
-    check = ml_step(
-        "check_source",
-        "check-source",
-        ["--start", window.format(0), "--end", window.format(1)],
-        gpu=False,
-    )
+    window_args = ["--start", window.format(0), "--end", window.format(1)]
+    check = ml_step("check_source", "check-source", window_args, gpu=False)
     train = ml_step("train_model", "train", plan["train"])
-    promote = ml_step(
-        "promote_model",
-        "promote",
-        [
-            "--version",
-            "{{ ti.xcom_pull(task_ids='train_model')['version'] }}",
-            "--start",
-            "{{ ti.xcom_pull(task_ids='plan_retrain', key='window')[0] }}",
-            "--end",
-            "{{ ti.xcom_pull(task_ids='plan_retrain', key='window')[1] }}",
-        ],
-        gpu=False,
-    )
+    version = ["--version", "{{ ti.xcom_pull(task_ids='train_model')['version'] }}"]
+    promote = ml_step("promote_model", "promote", version + window_args, gpu=False)
     embed >> merge >> check >> train >> promote
 
 

@@ -4,6 +4,7 @@ server, SMTP server, S3 endpoint and Chromium are in tests/integration/test_week
 
 from __future__ import annotations
 
+import copy
 import email
 import io
 import json
@@ -697,6 +698,13 @@ def test_error_analysis_of_the_champion(built):
     for m in without:
         assert f"{m['post_id']}<br>" in html
     assert html.count("no photo: image_missing") == len(without)
+
+    # a post kept without a caption (POSTFLOW_REQUIRE_CAPTION=false) says so, in both parts
+    no_caption = copy.deepcopy(data)
+    no_caption["errors"]["mistakes"][0]["caption"] = ""
+    assert "(no caption)" not in html + H.render_text(data)
+    assert "(no caption)" in H.render_html(no_caption, images, None, "file:///x")
+    assert "(no caption)" in H.render_text(no_caption)
 
 
 def test_a_photo_that_cannot_be_read_never_fails_the_report(tmp_path):
