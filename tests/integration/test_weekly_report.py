@@ -53,7 +53,8 @@ def write_features(lake: Lake, day: str, seed: int) -> int:
     Returns the number of rows."""
     from ml.learn.bins import bin_labels
 
-    clean = lake.read_partition("posts_clean", day, columns=["id", "comment_count"])
+    # in id order: a post's features must not depend on the partition's row order
+    clean = lake.read_partition("posts_clean", day, columns=["id", "comment_count"]).sort_by("id")
     ids = clean["id"].to_numpy()
     y = np.asarray(bin_labels(clean["comment_count"].to_numpy())).reshape(-1)
     rng = np.random.default_rng(seed)
